@@ -1,0 +1,42 @@
+//! Readiness conditions of a watch, bit for bit those of libdbus.
+
+bitflags::bitflags! {
+    /// What a [`Watch`](crate::Watch) asks for, and what glue reports to
+    /// [`Watch::handle`](crate::Watch::handle).
+    ///
+    /// The values equal libdbus's `DBusWatchFlags` (C1), so glue ported from C can pass its
+    /// numbers through [`WatchFlags::from_bits_truncate`] unchanged. A watch asks only for
+    /// [`READABLE`](Self::READABLE) and/or [`WRITABLE`](Self::WRITABLE); glue always
+    /// reports [`ERROR`](Self::ERROR) and [`HANGUP`](Self::HANGUP) whether asked or not.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use loopglue::WatchFlags;
+    ///
+    /// assert_eq!(WatchFlags::READABLE.bits(), 1); // DBUS_WATCH_READABLE
+    /// assert_eq!(WatchFlags::HANGUP.bits(), 8); // DBUS_WATCH_HANGUP
+    /// let asked = WatchFlags::READABLE | WatchFlags::WRITABLE;
+    /// assert!(asked.contains(WatchFlags::WRITABLE));
+    /// ```
+    #[doc(alias = "DBusWatchFlags")]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+    pub struct WatchFlags: u8 {
+        /// The fd has data to read (`DBUS_WATCH_READABLE`, `POLLIN`).
+        const READABLE = 1;
+        /// The fd can take more output (`DBUS_WATCH_WRITABLE`, `POLLOUT`).
+        const WRITABLE = 2;
+        /// An error condition (`DBUS_WATCH_ERROR`, `POLLERR`); always reported, never asked.
+        const ERROR = 4;
+        /// The peer hung up (`DBUS_WATCH_HANGUP`, `POLLHUP`); always reported, never asked.
+        const HANGUP = 8;
+    }
+}
+
+impl WatchFlags {
+    /// The bits a watch may ask for: [`READABLE`](Self::READABLE) | [`WRITABLE`](Self::WRITABLE).
+    pub const INTEREST: WatchFlags = WatchFlags::READABLE.union(WatchFlags::WRITABLE);
+
+    /// The bits glue reports without being asked: [`ERROR`](Self::ERROR) | [`HANGUP`](Self::HANGUP).
+    pub const ALWAYS: WatchFlags = WatchFlags::ERROR.union(WatchFlags::HANGUP);
+}

@@ -1,0 +1,109 @@
+//! `Source`: what a producer implements so that any glue can attach it.
+
+use crate::error::SetFunctionsError;
+use crate::functions::{TimeoutFunctions, WatchFunctions};
+use crate::status::{DispatchStatus, DispatchStatusFn};
+use crate::wakeup::WakeupFn;
+
+/// A connection-like object that glue can attach to an event loop: the producer-facing half
+/// of `dbus-connection.h` that concerns main-loop integration.
+///
+/// A producer embeds a [`WatchList`](crate::WatchList) and a
+/// [`TimeoutList`](crate::TimeoutList) and forwards the first two methods to their
+/// `set_functions`. Producers with a dispatch queue also forward the wakeup and status
+/// functions to a [`WakeupHook`](crate::WakeupHook) and a
+/// [`StatusNotifier`](crate::StatusNotifier); the defaults suit a producer that handles
+/// everything inside its watch and timeout handlers.
+///
+/// Glue that attaches a source installs its functions, then reads
+/// [`dispatch_status`](Self::dispatch_status) once (setting a status function never calls
+/// it) and calls [`dispatch`](Self::dispatch) from its loop while the status is
+/// [`DispatchStatus::DataRemains`] (C16).
+///
+/// # Examples
+///
+/// A producer with one watch and no dispatch queue:
+///
+/// ```
+/// use loopglue::{
+///     SetFunctionsError, Source, TimeoutFunctions, TimeoutList, Watch, WatchFlags,
+///     WatchFunctions, WatchList,
+/// };
+///
+/// struct Pipe {
+///     watches: WatchList,
+///     timeouts: TimeoutList,
+/// }
+///
+/// impl Source for Pipe {
+///     fn set_watch_functions(
+///         &self,
+///         functions: Option<Box<dyn WatchFunctions>>,
+///     ) -> Result<(), SetFunctionsError<dyn WatchFunctions>> {
+///         self.watches.set_functions(functions)
+///     }
+///     fn set_timeout_functions(
+///         &self,
+///         functions: Option<Box<dyn TimeoutFunctions>>,
+///     ) -> Result<(), SetFunctionsError<dyn TimeoutFunctions>> {
+///         self.timeouts.set_functions(functions)
+///     }
+/// }
+///
+/// let pipe = Pipe { watches: WatchList::new(), timeouts: TimeoutList::new() };
+/// pipe.watches.add(&Watch::new(0, WatchFlags::READABLE, |_| {}))?;
+/// assert_eq!(pipe.dispatch_status(), loopglue::DispatchStatus::Complete);
+/// # Ok::<(), loopglue::Error>(())
+/// ```
+pub trait Source: Send + Sync {
+    /// Installs the glue's watch functions (C7); see
+    /// [`ObjectList::set_functions`](crate::ObjectList::set_functions).
+    ///
+    /// # Errors
+    ///
+    /// As `set_functions`: the set is handed back if it refused a watch or the call was
+    /// reentrant.
+    #[doc(alias = "dbus_connection_set_watch_functions")]
+    fn set_watch_functions(
+        &self,
+        functions: Option<Box<dyn WatchFunctions>>,
+    ) -> Result<(), SetFunctionsError<dyn WatchFunctions>>;
+
+    /// Installs the glue's timeout functions (C7).
+    ///
+    /// # Errors
+    ///
+    /// As [`set_watch_functions`](Self::set_watch_functions).
+    #[doc(alias = "dbus_connection_set_timeout_functions")]
+    fn set_timeout_functions(
+        &self,
+        functions: Option<Box<dyn TimeoutFunctions>>,
+    ) -> Result<(), SetFunctionsError<dyn TimeoutFunctions>>;
+
+    /// Installs the function the producer calls to wake the loop when work is queued from
+    /// another thread (C16). The default ignores it: the producer never needs a wakeup.
+    #[doc(alias = "dbus_connection_set_wakeup_main_function")]
+    fn set_wakeup_main_function(&self, wakeup: Option<WakeupFn>) {
+        drop(wakeup);
+    }
+
+    /// Installs the function the producer calls when its dispatch status changes (C16); it is
+    /// not called by this method. The default ignores it: the status is always `Complete`.
+    #[doc(alias = "dbus_connection_set_dispatch_status_function")]
+    fn set_dispatch_status_function(&self, function: Option<DispatchStatusFn>) {
+        drop(function);
+    }
+
+    /// Whether queued work remains to be dispatched.
+    #[doc(alias = "dbus_connection_get_dispatch_status")]
+    fn dispatch_status(&self) -> DispatchStatus {
+        DispatchStatus::Complete
+    }
+
+    /// Processes some queued work and tells what remains. May be called from inside the
+    /// dispatch-status function (C16).
+    #[doc(alias = "dbus_connection_dispatch")]
+    fn dispatch(&self) -> DispatchStatus {
+        DispatchStatus::Complete
+    }
+}
