@@ -84,6 +84,8 @@ mod timeout;
 mod wakeup;
 mod watch;
 
+pub mod main_loop;
+pub mod net;
 pub mod testing;
 
 pub use delivery::Delivery;

@@ -1,0 +1,1 @@
+//! The built-in event loop, for applications that have none of their own.

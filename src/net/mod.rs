@@ -1,0 +1,1 @@
+//! A reference producer: framed connections and a listening server over Unix sockets.
