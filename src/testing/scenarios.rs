@@ -15,7 +15,9 @@ pub struct Scenario {
 
 impl fmt::Debug for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scenario").field("name", &self.name).finish()
+        f.debug_struct("Scenario")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
