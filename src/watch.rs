@@ -18,7 +18,9 @@ type WatchHandler = Box<dyn Fn(WatchFlags) + Send + Sync>;
 /// its [`WatchList`](crate::WatchList); glue reads [`fd`](Self::fd), [`flags`](Self::flags)
 /// and [`is_enabled`](Self::is_enabled), polls the fd, and calls [`handle`](Self::handle)
 /// when it is ready. A `Watch` is a cheap handle: clones share one object (C2), compare equal
-/// and hash alike, and may be sent to and used from any thread.
+/// and hash alike, and may be sent to and used from any thread. Equality and hashing go by
+/// identity, which never changes, so a `Watch` is a sound map key (clippy's
+/// `mutable_key_type` cannot see that; key by [`id`](Self::id) to keep it quiet).
 ///
 /// The handler is an `Fn` and runs with no lock held, so it may call any loopglue API —
 /// including removing this very watch — and may even run on two threads at once if two glue

@@ -63,6 +63,9 @@ fn c1_flags_hold_only_readable_writable_fixed_at_creation() {
 // ---- C2: handles ------------------------------------------------------------------------------
 
 #[test]
+// Watch hashes and compares by identity, which never changes; the interior mutability clippy
+// sees (the enabled flag, the data slot) takes no part in Hash or Eq.
+#[allow(clippy::mutable_key_type)]
 fn c2_handles_are_send_sync_clones_share_one_object() {
     fn send_sync<T: Send + Sync + Clone + 'static>() {}
     send_sync::<Watch>();
@@ -187,7 +190,8 @@ fn c3_handler_may_remove_its_own_watch_and_others() {
 fn c4_fd_answers_inside_remove_and_is_gone_after() {
     let events = log();
     let (list, ws) = list_of(&[5]);
-    let seen_inside: Arc<Mutex<Vec<(Option<i32>, WatchFlags)>>> = Arc::default();
+    type Seen = Arc<Mutex<Vec<(Option<i32>, WatchFlags)>>>;
+    let seen_inside: Seen = Arc::default();
     let sink = Arc::clone(&seen_inside);
     let set = Glue::<Watch>::new("a", &events).hook(move |call, w: &Watch| {
         if call == "remove" {

@@ -141,16 +141,13 @@ impl Rng {
 /// Which set is installed now, so the checker knows whose histories may stay open.
 type Installed = Arc<Mutex<Option<u64>>>;
 
-fn hammer<O: Obj>(
+fn hammer<O: Obj + loopglue::Object>(
     list: Arc<ObjectList<O>>,
     make: fn(&mut Rng) -> O,
     install: fn(&ObjectList<O>, Recorder) -> bool,
     record: &Shared,
     installed: &Installed,
-) -> Vec<O>
-where
-    O: loopglue::Object,
-{
+) -> Vec<O> {
     let pool: Arc<Mutex<Vec<O>>> = Arc::default();
     let threads: Vec<_> = (0..THREADS)
         .map(|seed| {
