@@ -40,3 +40,53 @@ impl WatchFlags {
     /// The bits glue reports without being asked: [`ERROR`](Self::ERROR) | [`HANGUP`](Self::HANGUP).
     pub const ALWAYS: WatchFlags = WatchFlags::ERROR.union(WatchFlags::HANGUP);
 }
+
+impl WatchFlags {
+    /// The `poll(2)` events to ask for on behalf of watches wanting `self`: `POLLIN` for
+    /// READABLE, `POLLOUT` for WRITABLE (`POLLERR` and `POLLHUP` are always reported).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use loopglue::WatchFlags;
+    /// use nix::libc::{POLLIN, POLLOUT};
+    ///
+    /// let both = WatchFlags::READABLE | WatchFlags::WRITABLE;
+    /// assert_eq!(both.to_poll_events(), POLLIN | POLLOUT);
+    /// ```
+    pub fn to_poll_events(self) -> i16 {
+        let mut events = 0;
+        if self.contains(WatchFlags::READABLE) {
+            events |= nix::libc::POLLIN;
+        }
+        if self.contains(WatchFlags::WRITABLE) {
+            events |= nix::libc::POLLOUT;
+        }
+        events
+    }
+
+    /// The condition to report for `poll(2)` `revents`, as libdbus glue maps it: `POLLIN` to
+    /// READABLE, `POLLOUT` to WRITABLE, `POLLERR` to ERROR, `POLLHUP` to HANGUP. `POLLNVAL`
+    /// (a closed fd) maps to nothing: glue must drop the fd instead (C15).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use loopglue::WatchFlags;
+    /// use nix::libc::{POLLHUP, POLLIN, POLLNVAL};
+    ///
+    /// assert_eq!(
+    ///     WatchFlags::from_poll_revents(POLLIN | POLLHUP),
+    ///     WatchFlags::READABLE | WatchFlags::HANGUP
+    /// );
+    /// assert!(WatchFlags::from_poll_revents(POLLNVAL).is_empty());
+    /// ```
+    pub fn from_poll_revents(revents: i16) -> WatchFlags {
+        let mut condition = WatchFlags::empty();
+        condition.set(WatchFlags::READABLE, revents & nix::libc::POLLIN != 0);
+        condition.set(WatchFlags::WRITABLE, revents & nix::libc::POLLOUT != 0);
+        condition.set(WatchFlags::ERROR, revents & nix::libc::POLLERR != 0);
+        condition.set(WatchFlags::HANGUP, revents & nix::libc::POLLHUP != 0);
+        condition
+    }
+}

@@ -1,8 +1,22 @@
-//! The glue conformance scenarios.
+//! The glue conformance scenarios: what any glue must get right, each checked on a fresh
+//! [`Harness`] with real sockets.
 
 use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::harness::Harness;
+use super::socket_peer::SocketPeer;
+use crate::flags::WatchFlags;
+use crate::source::Source;
+use crate::watch::Watch;
+
+/// How long a scenario waits for something that must happen. Generous: a real loop under a
+/// loaded CI machine may be slow, and a passing scenario never waits this long.
+const LIMIT: Duration = Duration::from_secs(10);
 
 /// One conformance scenario: a name and a check that drives a fresh [`Harness`].
 #[derive(Clone, Copy)]
@@ -15,14 +29,45 @@ pub struct Scenario {
 
 impl fmt::Debug for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scenario")
-            .field("name", &self.name)
-            .finish()
+        f.debug_struct("Scenario").field("name", &self.name).finish()
     }
 }
 
 /// Every scenario, in the order [`run_all`] runs them.
-pub static SCENARIOS: &[Scenario] = &[];
+pub static SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "read and write watch on one socket (C18)",
+        run: read_and_write_watch_on_one_socket,
+    },
+    Scenario {
+        name: "write watch follows queued output",
+        run: write_watch_follows_queued_output,
+    },
+    Scenario {
+        name: "one byte per handle drains 64 KiB (C17)",
+        run: one_byte_per_handle_drains_64k,
+    },
+    Scenario {
+        name: "periodic timeout restarts on enable (C9, C10)",
+        run: periodic_timeout_restarts_on_enable,
+    },
+    Scenario {
+        name: "removal from inside a handler",
+        run: removal_from_inside_a_handler,
+    },
+    Scenario {
+        name: "closed fd reused by a new socket (C15)",
+        run: closed_fd_reused_by_a_new_socket,
+    },
+    Scenario {
+        name: "woken from another thread (C16)",
+        run: woken_from_another_thread,
+    },
+    Scenario {
+        name: "function set replaced while events are pending",
+        run: functions_replaced_while_events_pending,
+    },
+];
 
 /// A scenario that failed, and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +91,14 @@ impl std::error::Error for ScenarioFailure {}
 /// # Errors
 ///
 /// The scenarios that failed, in order.
+///
+/// # Examples
+///
+/// ```
+/// use loopglue::testing::{run_all, MockLoop};
+///
+/// run_all(MockLoop::new).expect("the mock loop keeps the glue contract");
+/// ```
 pub fn run_all<H: Harness>(mut make: impl FnMut() -> H) -> Result<(), Vec<ScenarioFailure>> {
     let failures: Vec<ScenarioFailure> = SCENARIOS
         .iter()
@@ -64,4 +117,265 @@ pub fn run_all<H: Harness>(mut make: impl FnMut() -> H) -> Result<(), Vec<Scenar
     } else {
         Err(failures)
     }
+}
+
+fn io(what: &str) -> impl Fn(io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// A peer on one end of a fresh socketpair, and the other end, non-blocking.
+fn pair(budget: usize) -> Result<(SocketPeer, UnixStream), String> {
+    let (ours, theirs) = UnixStream::pair().map_err(io("socketpair"))?;
+    theirs.set_nonblocking(true).map_err(io("set_nonblocking"))?;
+    let peer = SocketPeer::new(ours, budget).map_err(io("SocketPeer::new"))?;
+    Ok((peer, theirs))
+}
+
+fn attach(harness: &mut dyn Harness, peer: &SocketPeer) -> Result<Arc<dyn Source>, String> {
+    let source: Arc<dyn Source> = Arc::new(peer.clone());
+    harness
+        .attach(Arc::clone(&source))
+        .map_err(io("attach"))?;
+    Ok(source)
+}
+
+/// Reads whatever `stream` has now (non-blocking) into `into`.
+fn drain(stream: &mut UnixStream, into: &mut Vec<u8>) {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn expect(ok: bool, message: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(message())
+    }
+}
+
+fn read_and_write_watch_on_one_socket(h: &mut dyn Harness) -> Result<(), String> {
+    let (peer, mut other) = pair(4096)?;
+    let _source = attach(h, &peer)?;
+    expect(peer.read_watch().fd() == peer.write_watch().fd(), || {
+        "the two watches must share one fd".into()
+    })?;
+    peer.queue(b"ping");
+    let mut got = Vec::new();
+    let sent = h.run_until(LIMIT, &mut || {
+        drain(&mut other, &mut got);
+        got.len() >= 4
+    });
+    expect(sent && got == b"ping", || {
+        format!("the write watch did not carry the output: got {got:?}")
+    })?;
+    other.write_all(b"pong").map_err(io("write"))?;
+    let received = h.run_until(LIMIT, &mut || peer.received_len() >= 4);
+    expect(received && peer.received() == b"pong", || {
+        format!("the read watch on the same fd did not fire: {:?}", peer.received())
+    })?;
+    let quiet = h.run_until(LIMIT, &mut || !peer.write_watch().is_enabled());
+    expect(quiet, || "the write watch stayed enabled with nothing queued".into())
+}
+
+fn write_watch_follows_queued_output(h: &mut dyn Harness) -> Result<(), String> {
+    let (peer, mut other) = pair(64 * 1024)?;
+    let _source = attach(h, &peer)?;
+    // More than a socket buffer holds, so output stays queued until the other end reads.
+    let data = pattern(4 * 1024 * 1024);
+    peer.queue(&data);
+    let flushed = h.run_until(Duration::from_millis(50), &mut || peer.pending_output() == 0);
+    expect(!flushed && peer.write_watch().is_enabled(), || {
+        "with output queued and the socket full, the write watch must stay enabled".into()
+    })?;
+    let mut got = Vec::new();
+    let all = h.run_until(LIMIT, &mut || {
+        drain(&mut other, &mut got);
+        got.len() >= data.len()
+    });
+    expect(all && got == data, || {
+        format!("got {} of {} bytes, or altered", got.len(), data.len())
+    })?;
+    let off = h.run_until(LIMIT, &mut || !peer.write_watch().is_enabled());
+    expect(off, || "the write watch stayed enabled after the queue drained".into())?;
+    expect(peer.write_enables() >= 1, || "the write watch was never enabled".into())
+}
+
+fn one_byte_per_handle_drains_64k(h: &mut dyn Harness) -> Result<(), String> {
+    let (peer, other) = pair(1)?;
+    let data = pattern(64 * 1024);
+    {
+        // Written before the loop runs: all of it is pending at once.
+        let mut writer = &other;
+        writer.write_all(&data).map_err(io("write"))?;
+    }
+    let _source = attach(h, &peer)?;
+    let all = h.run_until(LIMIT, &mut || peer.received_len() >= data.len());
+    expect(all && peer.received() == data, || {
+        format!(
+            "a producer reading one byte per handle stalled at {} of {} bytes: \
+             level-triggered delivery required (C17)",
+            peer.received_len(),
+            data.len()
+        )
+    })
+}
+
+fn periodic_timeout_restarts_on_enable(h: &mut dyn Harness) -> Result<(), String> {
+    let (peer, _other) = pair(64)?;
+    let _source = attach(h, &peer)?;
+    let interval = Duration::from_millis(20);
+    let (timeout, fired) = peer.add_timeout(interval).map_err(io("add timeout"))?;
+    let count = || fired.load(Ordering::SeqCst);
+
+    let start = h.elapsed();
+    let three = h.run_until(LIMIT, &mut || count() >= 3);
+    let took = h.elapsed() - start;
+    expect(three && took >= interval * 3, || {
+        format!("3 periods of {interval:?} took {took:?} ({} fired)", count())
+    })?;
+
+    peer.timeouts()
+        .toggle(&timeout, false)
+        .map_err(|e| format!("toggle off: {e}"))?;
+    let before = count();
+    h.run_until(interval * 3, &mut || false);
+    expect(count() == before, || "a disabled timeout fired".into())?;
+
+    peer.timeouts()
+        .toggle(&timeout, true)
+        .map_err(|e| format!("toggle on: {e}"))?;
+    let enabled_at = h.elapsed();
+    let again = h.run_until(LIMIT, &mut || count() > before);
+    let waited = h.elapsed() - enabled_at;
+    expect(again && waited >= interval, || {
+        format!("after enabling, it fired after {waited:?}: the period must restart from now")
+    })
+}
+
+fn removal_from_inside_a_handler(h: &mut dyn Harness) -> Result<(), String> {
+    let (first, mut first_other) = pair(4096)?;
+    let (second, mut second_other) = pair(4096)?;
+    let _a = attach(h, &first)?;
+    let _b = attach(h, &second)?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fd = first.fd().ok_or("socket closed")?;
+    let slot: Arc<std::sync::Mutex<Option<Watch>>> = Arc::default();
+    let (me, count, owner, victim) = (
+        Arc::clone(&slot),
+        Arc::clone(&calls),
+        first.clone(),
+        second.clone(),
+    );
+    // A second read watch on the first socket: it removes itself and the other peer's read
+    // watch from inside its own handler.
+    let remover = Watch::new(fd, WatchFlags::READABLE, move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+        if let Some(this) = me.lock().ok().and_then(|mut s| s.take()) {
+            let _ = owner.watches().remove(&this);
+        }
+        let _ = victim.watches().remove(&victim.read_watch());
+    });
+    *slot.lock().map_err(|_| "poisoned")? = Some(remover.clone());
+    first
+        .watches()
+        .add(&remover)
+        .map_err(|e| format!("add: {e}"))?;
+
+    first_other.write_all(b"go").map_err(io("write"))?;
+    let handled = h.run_until(LIMIT, &mut || {
+        calls.load(Ordering::SeqCst) >= 1 && first.received_len() >= 2
+    });
+    expect(handled, || "the removing handler or its fd's other watch never ran".into())?;
+    expect(remover.is_removed() && second.read_watch().is_removed(), || {
+        "the removals did not take".into()
+    })?;
+
+    second_other.write_all(b"late").map_err(io("write"))?;
+    first_other.write_all(b"more").map_err(io("write"))?;
+    let wrong = h.run_until(Duration::from_millis(100), &mut || {
+        second.received_len() > 0 || calls.load(Ordering::SeqCst) > 1
+    });
+    expect(!wrong, || "a removed watch was handled again".into())?;
+    let rest = h.run_until(LIMIT, &mut || first.received_len() >= 6);
+    expect(rest, || "the fd's remaining watch stopped working".into())
+}
+
+fn closed_fd_reused_by_a_new_socket(h: &mut dyn Harness) -> Result<(), String> {
+    let (old, old_other) = pair(4096)?;
+    let old_source = attach(h, &old)?;
+    let old_fd = old.fd();
+    // Let the loop register it for real before it goes.
+    h.run_until(Duration::from_millis(10), &mut || false);
+    old.close(); // removes the watches, then closes the fd (C15)
+    drop(old_other);
+    h.detach(&old_source).map_err(io("detach"))?;
+
+    let (new, mut new_other) = pair(4096)?;
+    let _source = attach(h, &new)?;
+    new_other.write_all(b"again").map_err(io("write"))?;
+    let got = h.run_until(LIMIT, &mut || new.received_len() >= 5);
+    expect(got && new.received() == b"again", || {
+        format!(
+            "a new socket on fd {:?} (old fd {old_fd:?}) got {:?}",
+            new.fd(),
+            new.received()
+        )
+    })?;
+    new.queue(b"back");
+    let mut back = Vec::new();
+    let echoed = h.run_until(LIMIT, &mut || {
+        drain(&mut new_other, &mut back);
+        back.len() >= 4
+    });
+    expect(echoed && back == b"back", || format!("write side got {back:?}"))
+}
+
+fn woken_from_another_thread(h: &mut dyn Harness) -> Result<(), String> {
+    let (peer, mut other) = pair(4096)?;
+    let _source = attach(h, &peer)?;
+    let poster = peer.clone();
+    std::thread::spawn(move || poster.post(b"from afar"))
+        .join()
+        .map_err(|_| "the posting thread panicked")?;
+    let mut got = Vec::new();
+    let delivered = h.run_until(LIMIT, &mut || {
+        drain(&mut other, &mut got);
+        got.len() >= 9
+    });
+    expect(delivered && got == b"from afar", || {
+        format!("work posted from another thread was not dispatched: got {got:?}")
+    })
+}
+
+fn functions_replaced_while_events_pending(h: &mut dyn Harness) -> Result<(), String> {
+    let (peer, other) = pair(16)?;
+    let data = pattern(1000);
+    {
+        let mut writer = &other;
+        writer.write_all(&data).map_err(io("write"))?;
+    }
+    let source = attach(h, &peer)?;
+    let some = h.run_until(LIMIT, &mut || peer.received_len() >= 16);
+    expect(some, || "nothing was read before the switch".into())?;
+    h.detach(&source).map_err(io("detach"))?;
+    h.attach(Arc::clone(&source)).map_err(io("re-attach"))?;
+    let all = h.run_until(LIMIT, &mut || peer.received_len() >= data.len());
+    expect(all && peer.received() == data, || {
+        format!(
+            "after replacing the functions, got {} of {} bytes",
+            peer.received_len(),
+            data.len()
+        )
+    })
 }

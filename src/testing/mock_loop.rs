@@ -1,0 +1,624 @@
+//! `MockLoop`: a deterministic loop with a virtual clock, for unit tests of producers.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::delivery::Delivery;
+use crate::flags::WatchFlags;
+use crate::functions::{TimeoutFunctions, WatchFunctions};
+use crate::source::Source;
+use crate::status::DispatchStatus;
+use crate::timeout::Timeout;
+use crate::watch::Watch;
+
+/// How many times one source is dispatched in a row before others get their turn.
+const DISPATCH_BATCH: usize = 64;
+
+/// One thing the glue was told or did, in [`MockLoop::log`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MockEvent {
+    /// A watch was added (its `add` accepted).
+    WatchAdded {
+        /// [`Watch::id`].
+        id: u64,
+        /// Its fd.
+        fd: RawFd,
+        /// What it asks for.
+        flags: WatchFlags,
+        /// Whether it was enabled when added.
+        enabled: bool,
+    },
+    /// An `add` the mock refused, as told by [`MockLoop::fail_next_add`] or
+    /// [`MockLoop::fail_add_at`].
+    AddRefused {
+        /// The object's id.
+        id: u64,
+    },
+    /// A watch was removed.
+    WatchRemoved {
+        /// [`Watch::id`].
+        id: u64,
+        /// Its fd, still answered inside `remove` (C4).
+        fd: RawFd,
+    },
+    /// A watch was enabled or disabled.
+    WatchToggled {
+        /// [`Watch::id`].
+        id: u64,
+        /// The new state.
+        enabled: bool,
+    },
+    /// The mock called [`Watch::handle`].
+    WatchHandled {
+        /// [`Watch::id`].
+        id: u64,
+        /// The condition reported.
+        condition: WatchFlags,
+        /// What `handle` said it did.
+        delivery: Delivery,
+    },
+    /// A timeout was added.
+    TimeoutAdded {
+        /// [`Timeout::id`].
+        id: u64,
+        /// Its interval.
+        interval: Duration,
+        /// Whether it was enabled when added.
+        enabled: bool,
+    },
+    /// A timeout was removed.
+    TimeoutRemoved {
+        /// [`Timeout::id`].
+        id: u64,
+    },
+    /// A timeout was enabled or disabled.
+    TimeoutToggled {
+        /// [`Timeout::id`].
+        id: u64,
+        /// The new state.
+        enabled: bool,
+    },
+    /// A timeout fell due and the mock called [`Timeout::handle`].
+    TimeoutFired {
+        /// [`Timeout::id`].
+        id: u64,
+        /// The virtual time it fired at.
+        at: Duration,
+    },
+    /// `poll_fds` found an fd closed (`POLLNVAL`) and stopped polling it (C15).
+    FdClosed {
+        /// The fd.
+        fd: RawFd,
+    },
+    /// An attached source was dispatched.
+    Dispatched,
+}
+
+struct Armed {
+    timeout: Timeout,
+    due: Duration,
+    /// Registration order: breaks ties between timeouts due at the same instant.
+    seq: u64,
+}
+
+#[derive(Default)]
+struct MockState {
+    now: Duration,
+    watches: Vec<Watch>,
+    timeouts: Vec<Armed>,
+    next_seq: u64,
+    log: Vec<MockEvent>,
+    fail_next: Option<io::Error>,
+    /// Adds still to accept before refusing one.
+    fail_in: Option<usize>,
+    closed_fds: HashSet<RawFd>,
+    /// Held weakly: the source holds the mock's glue, so a strong reference would be a cycle.
+    sources: Vec<Weak<dyn Source>>,
+}
+
+impl MockState {
+    /// Applies failure injection to one `add`; `Err` means refuse it.
+    fn admit(&mut self, id: u64) -> io::Result<()> {
+        if let Some(error) = self.fail_next.take() {
+            self.log.push(MockEvent::AddRefused { id });
+            return Err(error);
+        }
+        match self.fail_in {
+            Some(0) => {
+                self.fail_in = None;
+                self.log.push(MockEvent::AddRefused { id });
+                Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    "MockLoop::fail_add_at refused this add",
+                ))
+            }
+            Some(n) => {
+                self.fail_in = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+type Shared = Arc<Mutex<MockState>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, MockState> {
+    // A producer's panic inside a handler must not poison the mock for the rest of a test.
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A deterministic event loop for unit tests: a virtual clock, a log of every call the glue
+/// received, readiness you inject, and failures you schedule.
+///
+/// Attach a producer with [`attach`](Self::attach) (or install
+/// [`watch_functions`](Self::watch_functions) on a bare list), then drive it:
+/// [`ready`](Self::ready) reports an fd ready, [`advance`](Self::advance) moves the clock and
+/// fires due timeouts in deadline order, [`poll_fds`](Self::poll_fds) polls the registered
+/// real fds once without blocking, and [`log`](Self::log) tells exactly what happened. Nothing
+/// sleeps and nothing reads the wall clock. No lock is held while a producer's code runs, so
+/// producers may call anything from their handlers (C11).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use loopglue::testing::{MockEvent, MockLoop};
+/// use loopglue::{Timeout, TimeoutList};
+///
+/// let mock = MockLoop::new();
+/// let list = TimeoutList::new();
+/// list.set_functions(Some(mock.timeout_functions())).map_err(|e| e.into_error())?;
+/// let tick = Timeout::new(Duration::from_millis(10), || {});
+/// list.add(&tick)?;
+/// assert_eq!(mock.advance(Duration::from_millis(35)), 3); // at 10, 20 and 30 ms
+/// assert_eq!(mock.next_deadline(), Some(Duration::from_millis(40)));
+/// assert!(mock.log().contains(&MockEvent::TimeoutFired {
+///     id: tick.id(),
+///     at: Duration::from_millis(20),
+/// }));
+/// # Ok::<(), loopglue::Error>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct MockLoop {
+    shared: Shared,
+    wakeups: Arc<AtomicUsize>,
+}
+
+impl MockLoop {
+    /// A mock at virtual time zero with nothing registered.
+    pub fn new() -> MockLoop {
+        MockLoop::default()
+    }
+
+    /// Glue for a [`WatchList`](crate::WatchList) that registers its watches with this mock.
+    pub fn watch_functions(&self) -> Box<dyn WatchFunctions> {
+        Box::new(MockWatches(Arc::clone(&self.shared)))
+    }
+
+    /// Glue for a [`TimeoutList`](crate::TimeoutList) that registers its timeouts with this
+    /// mock.
+    pub fn timeout_functions(&self) -> Box<dyn TimeoutFunctions> {
+        Box::new(MockTimeouts(Arc::clone(&self.shared)))
+    }
+
+    /// Installs this mock's watch, timeout, wakeup and dispatch-status functions on `source`;
+    /// sources whose status is [`DispatchStatus::DataRemains`] are dispatched after each
+    /// [`ready`](Self::ready), [`advance`](Self::advance) and [`poll_fds`](Self::poll_fds).
+    ///
+    /// # Errors
+    ///
+    /// The source's refusal of the watch or timeout functions (its glue `add` failed, for
+    /// instance through [`fail_next_add`](Self::fail_next_add)); nothing stays installed then.
+    pub fn attach(&self, source: Arc<dyn Source>) -> io::Result<()> {
+        source
+            .set_watch_functions(Some(self.watch_functions()))
+            .map_err(|e| io::Error::from(e.into_error()))?;
+        if let Err(e) = source.set_timeout_functions(Some(self.timeout_functions())) {
+            let _ = source.set_watch_functions(None);
+            return Err(e.into_error().into());
+        }
+        let wakeups = Arc::clone(&self.wakeups);
+        source.set_wakeup_main_function(Some(Box::new(move || {
+            wakeups.fetch_add(1, Ordering::SeqCst);
+        })));
+        // The mock asks every source for its status when it dispatches, so the status function
+        // only needs to exist; setting it never calls it (C16).
+        source.set_dispatch_status_function(Some(Box::new(|_| {})));
+        lock(&self.shared).sources.push(Arc::downgrade(&source));
+        Ok(())
+    }
+
+    /// Uninstalls everything [`attach`](Self::attach) installed on `source`.
+    ///
+    /// # Errors
+    ///
+    /// If uninstalling was refused (only from inside one of the source's own callbacks).
+    pub fn detach(&self, source: &dyn Source) -> io::Result<()> {
+        lock(&self.shared)
+            .sources
+            .retain(|s| !std::ptr::addr_eq(s.as_ptr(), source as *const dyn Source));
+        source.set_wakeup_main_function(None);
+        source.set_dispatch_status_function(None);
+        source
+            .set_watch_functions(None)
+            .map_err(|e| io::Error::from(e.into_error()))?;
+        source
+            .set_timeout_functions(None)
+            .map_err(|e| io::Error::from(e.into_error()))
+    }
+
+    /// The virtual time since the mock was created.
+    pub fn now(&self) -> Duration {
+        lock(&self.shared).now
+    }
+
+    /// Moves the clock forward by `by`, firing every timeout that falls due on the way, in
+    /// deadline order (registration order breaks ties), periodic ones again and again (C10).
+    /// Returns how many fired. A timeout with a zero interval fires once per millisecond.
+    pub fn advance(&self, by: Duration) -> usize {
+        let end = lock(&self.shared).now + by;
+        let mut fired = 0;
+        loop {
+            let next = {
+                let mut state = lock(&self.shared);
+                let due = state
+                    .timeouts
+                    .iter_mut()
+                    .filter(|a| a.timeout.is_enabled() && a.due <= end)
+                    .min_by_key(|a| (a.due, a.seq));
+                match due {
+                    Some(armed) => {
+                        let at = armed.due;
+                        armed.due = at + armed.timeout.interval().max(Duration::from_millis(1));
+                        let timeout = armed.timeout.clone();
+                        state.now = at;
+                        Some((timeout, at))
+                    }
+                    None => {
+                        state.now = end;
+                        None
+                    }
+                }
+            };
+            let Some((timeout, at)) = next else { break };
+            if timeout.handle() == Delivery::Delivered {
+                fired += 1;
+                lock(&self.shared).log.push(MockEvent::TimeoutFired {
+                    id: timeout.id(),
+                    at,
+                });
+            }
+            self.dispatch_pending();
+        }
+        self.dispatch_pending();
+        fired
+    }
+
+    /// Reports `condition` on `fd`: every enabled watch of that fd is handled (C18). Returns
+    /// how many handlers ran.
+    pub fn ready(&self, fd: RawFd, condition: WatchFlags) -> usize {
+        let delivered = self.deliver(&[(fd, condition)]);
+        self.dispatch_pending();
+        delivered
+    }
+
+    /// Polls the registered real fds once, without blocking, and handles what is ready —
+    /// real sockets, virtual time. An fd found closed (`POLLNVAL`) is logged and no longer
+    /// polled until a watch on that fd number is added again (C15). Returns how many handlers
+    /// ran.
+    ///
+    /// # Panics
+    ///
+    /// Never for a closed fd; only if a producer's handler panics.
+    pub fn poll_fds(&self) -> usize {
+        let interest: Vec<(RawFd, WatchFlags)> = {
+            let state = lock(&self.shared);
+            let mut interest: Vec<(RawFd, WatchFlags)> = Vec::new();
+            for watch in state.watches.iter().filter(|w| w.is_enabled()) {
+                let Some(fd) = watch.fd() else { continue };
+                if state.closed_fds.contains(&fd) {
+                    continue;
+                }
+                match interest.iter_mut().find(|(f, _)| *f == fd) {
+                    Some((_, flags)) => *flags |= watch.flags(),
+                    None => interest.push((fd, watch.flags())),
+                }
+            }
+            interest
+        };
+        if interest.is_empty() {
+            self.dispatch_pending();
+            return 0;
+        }
+        let mut pollfds: Vec<PollFd<'_>> = interest
+            .iter()
+            .map(|(fd, flags)| {
+                // SAFETY: producers remove a watch before closing its fd (C15), so every fd
+                // taken from an enabled watch above is open; one closed in breach of C15 comes
+                // back as POLLNVAL, which is handled below, never dereferenced.
+                let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
+                PollFd::new(fd, PollFlags::from_bits_truncate(flags.to_poll_events()))
+            })
+            .collect();
+        if poll(&mut pollfds, PollTimeout::ZERO).is_err() {
+            // EINTR or EINVAL: nothing was reported; the next call polls again.
+            return 0;
+        }
+        let mut ready = Vec::new();
+        for ((fd, _), pollfd) in interest.iter().zip(&pollfds) {
+            let revents = pollfd.revents().unwrap_or(PollFlags::empty());
+            if revents.contains(PollFlags::POLLNVAL) {
+                let mut state = lock(&self.shared);
+                state.closed_fds.insert(*fd);
+                state.log.push(MockEvent::FdClosed { fd: *fd });
+                continue;
+            }
+            let condition = WatchFlags::from_poll_revents(revents.bits());
+            if !condition.is_empty() {
+                ready.push((*fd, condition));
+            }
+        }
+        drop(pollfds);
+        let delivered = self.deliver(&ready);
+        self.dispatch_pending();
+        delivered
+    }
+
+    /// Dispatches every attached source whose status is [`DispatchStatus::DataRemains`], up to
+    /// a batch per source, and returns how many dispatches ran.
+    pub fn dispatch_pending(&self) -> usize {
+        let sources: Vec<Arc<dyn Source>> = {
+            let mut state = lock(&self.shared);
+            state.sources.retain(|s| s.strong_count() > 0);
+            state.sources.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut dispatched = 0;
+        for source in sources {
+            for _ in 0..DISPATCH_BATCH {
+                if source.dispatch_status() != DispatchStatus::DataRemains {
+                    break;
+                }
+                lock(&self.shared).log.push(MockEvent::Dispatched);
+                dispatched += 1;
+                if source.dispatch() == DispatchStatus::Complete {
+                    break;
+                }
+            }
+        }
+        dispatched
+    }
+
+    fn deliver(&self, ready: &[(RawFd, WatchFlags)]) -> usize {
+        let mut delivered = 0;
+        for &(fd, condition) in ready {
+            // Snapshot, release, call: handlers may add or remove watches (C11).
+            let watches: Vec<Watch> = lock(&self.shared)
+                .watches
+                .iter()
+                .filter(|w| w.is_enabled() && w.fd() == Some(fd))
+                .cloned()
+                .collect();
+            for watch in watches {
+                let delivery = watch.handle(condition);
+                if delivery == Delivery::Delivered {
+                    delivered += 1;
+                }
+                if delivery != Delivery::Removed {
+                    lock(&self.shared).log.push(MockEvent::WatchHandled {
+                        id: watch.id(),
+                        condition,
+                        delivery,
+                    });
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Every event so far, oldest first.
+    pub fn log(&self) -> Vec<MockEvent> {
+        lock(&self.shared).log.clone()
+    }
+
+    /// Every event so far, clearing the log.
+    pub fn take_log(&self) -> Vec<MockEvent> {
+        std::mem::take(&mut lock(&self.shared).log)
+    }
+
+    /// Makes the next `add` (watch or timeout) fail with `error`.
+    pub fn fail_next_add(&self, error: io::Error) {
+        lock(&self.shared).fail_next = Some(error);
+    }
+
+    /// Makes the `k`-th `add` from now (1-based, watches and timeouts counted together) fail.
+    ///
+    /// # Panics
+    ///
+    /// If `k` is zero.
+    pub fn fail_add_at(&self, k: usize) {
+        assert!(k > 0, "fail_add_at counts from 1");
+        lock(&self.shared).fail_in = Some(k - 1);
+    }
+
+    /// The registered watches, in the order they were added.
+    pub fn watches(&self) -> Vec<Watch> {
+        lock(&self.shared).watches.clone()
+    }
+
+    /// The registered, enabled watches on `fd`.
+    pub fn enabled_watches_for(&self, fd: RawFd) -> Vec<Watch> {
+        lock(&self.shared)
+            .watches
+            .iter()
+            .filter(|w| w.is_enabled() && w.fd() == Some(fd))
+            .cloned()
+            .collect()
+    }
+
+    /// The registered timeouts, in the order they were added.
+    pub fn timeouts(&self) -> Vec<Timeout> {
+        lock(&self.shared)
+            .timeouts
+            .iter()
+            .map(|a| a.timeout.clone())
+            .collect()
+    }
+
+    /// When the next enabled timeout falls due, in virtual time.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        lock(&self.shared)
+            .timeouts
+            .iter()
+            .filter(|a| a.timeout.is_enabled())
+            .map(|a| a.due)
+            .min()
+    }
+
+    /// How many times attached sources asked to be woken (C16).
+    pub fn wakeups(&self) -> usize {
+        self.wakeups.load(Ordering::SeqCst)
+    }
+}
+
+impl fmt::Debug for MockLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = lock(&self.shared);
+        f.debug_struct("MockLoop")
+            .field("now", &state.now)
+            .field("watches", &state.watches.len())
+            .field("timeouts", &state.timeouts.len())
+            .field("sources", &state.sources.len())
+            .finish()
+    }
+}
+
+struct MockWatches(Shared);
+
+impl WatchFunctions for MockWatches {
+    fn add(&mut self, watch: &Watch) -> io::Result<()> {
+        let mut state = lock(&self.0);
+        state.admit(watch.id())?;
+        let fd = watch.fd().unwrap_or(-1);
+        state.closed_fds.remove(&fd);
+        state.log.push(MockEvent::WatchAdded {
+            id: watch.id(),
+            fd,
+            flags: watch.flags(),
+            enabled: watch.is_enabled(),
+        });
+        state.watches.push(watch.clone());
+        Ok(())
+    }
+
+    fn remove(&mut self, watch: &Watch) {
+        let mut state = lock(&self.0);
+        state.watches.retain(|w| w != watch);
+        state.log.push(MockEvent::WatchRemoved {
+            id: watch.id(),
+            fd: watch.fd().unwrap_or(-1),
+        });
+    }
+
+    fn toggled(&mut self, watch: &Watch) {
+        lock(&self.0).log.push(MockEvent::WatchToggled {
+            id: watch.id(),
+            enabled: watch.is_enabled(),
+        });
+    }
+}
+
+struct MockTimeouts(Shared);
+
+impl TimeoutFunctions for MockTimeouts {
+    fn add(&mut self, timeout: &Timeout) -> io::Result<()> {
+        let mut state = lock(&self.0);
+        state.admit(timeout.id())?;
+        state.log.push(MockEvent::TimeoutAdded {
+            id: timeout.id(),
+            interval: timeout.interval(),
+            enabled: timeout.is_enabled(),
+        });
+        let (due, seq) = (state.now + timeout.interval(), state.next_seq);
+        state.next_seq += 1;
+        state.timeouts.push(Armed {
+            timeout: timeout.clone(),
+            due,
+            seq,
+        });
+        Ok(())
+    }
+
+    fn remove(&mut self, timeout: &Timeout) {
+        let mut state = lock(&self.0);
+        state.timeouts.retain(|a| a.timeout != *timeout);
+        state
+            .log
+            .push(MockEvent::TimeoutRemoved { id: timeout.id() });
+    }
+
+    fn toggled(&mut self, timeout: &Timeout) {
+        let mut state = lock(&self.0);
+        let now = state.now;
+        if timeout.is_enabled() {
+            // Enabling restarts the period from now (C9).
+            if let Some(armed) = state.timeouts.iter_mut().find(|a| a.timeout == *timeout) {
+                armed.due = now + timeout.interval();
+            }
+        }
+        state.log.push(MockEvent::TimeoutToggled {
+            id: timeout.id(),
+            enabled: timeout.is_enabled(),
+        });
+    }
+}
+
+/// Runs each scenario in virtual time: ready real fds are delivered first, and only when
+/// nothing is ready does the clock jump to the next deadline.
+impl super::Harness for MockLoop {
+    fn attach(&mut self, source: Arc<dyn Source>) -> io::Result<()> {
+        MockLoop::attach(self, source)
+    }
+
+    fn detach(&mut self, source: &Arc<dyn Source>) -> io::Result<()> {
+        MockLoop::detach(self, &**source)
+    }
+
+    fn run_until(&mut self, limit: Duration, done: &mut dyn FnMut() -> bool) -> bool {
+        // Bounds a producer that stays ready without making progress.
+        const MAX_ROUNDS: usize = 10_000_000;
+        let end = self.now() + limit;
+        for _ in 0..MAX_ROUNDS {
+            if done() {
+                return true;
+            }
+            if self.poll_fds() + self.dispatch_pending() > 0 {
+                continue;
+            }
+            if done() {
+                return true;
+            }
+            let now = self.now();
+            if now >= end {
+                return false;
+            }
+            let step = match self.next_deadline() {
+                Some(due) if due <= end => due.saturating_sub(now),
+                _ => end - now,
+            };
+            self.advance(step);
+        }
+        done()
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now()
+    }
+}
