@@ -152,7 +152,9 @@ type Shared = Arc<Mutex<MockState>>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, MockState> {
     // A producer's panic inside a handler must not poison the mock for the rest of a test.
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A deterministic event loop for unit tests: a virtual clock, a log of every call the glue

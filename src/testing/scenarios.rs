@@ -29,7 +29,9 @@ pub struct Scenario {
 
 impl fmt::Debug for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scenario").field("name", &self.name).finish()
+        f.debug_struct("Scenario")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -126,16 +128,16 @@ fn io(what: &str) -> impl Fn(io::Error) -> String + '_ {
 /// A peer on one end of a fresh socketpair, and the other end, non-blocking.
 fn pair(budget: usize) -> Result<(SocketPeer, UnixStream), String> {
     let (ours, theirs) = UnixStream::pair().map_err(io("socketpair"))?;
-    theirs.set_nonblocking(true).map_err(io("set_nonblocking"))?;
+    theirs
+        .set_nonblocking(true)
+        .map_err(io("set_nonblocking"))?;
     let peer = SocketPeer::new(ours, budget).map_err(io("SocketPeer::new"))?;
     Ok((peer, theirs))
 }
 
 fn attach(harness: &mut dyn Harness, peer: &SocketPeer) -> Result<Arc<dyn Source>, String> {
     let source: Arc<dyn Source> = Arc::new(peer.clone());
-    harness
-        .attach(Arc::clone(&source))
-        .map_err(io("attach"))?;
+    harness.attach(Arc::clone(&source)).map_err(io("attach"))?;
     Ok(source)
 }
 
@@ -182,10 +184,15 @@ fn read_and_write_watch_on_one_socket(h: &mut dyn Harness) -> Result<(), String>
     other.write_all(b"pong").map_err(io("write"))?;
     let received = h.run_until(LIMIT, &mut || peer.received_len() >= 4);
     expect(received && peer.received() == b"pong", || {
-        format!("the read watch on the same fd did not fire: {:?}", peer.received())
+        format!(
+            "the read watch on the same fd did not fire: {:?}",
+            peer.received()
+        )
     })?;
     let quiet = h.run_until(LIMIT, &mut || !peer.write_watch().is_enabled());
-    expect(quiet, || "the write watch stayed enabled with nothing queued".into())
+    expect(quiet, || {
+        "the write watch stayed enabled with nothing queued".into()
+    })
 }
 
 fn write_watch_follows_queued_output(h: &mut dyn Harness) -> Result<(), String> {
@@ -194,7 +201,9 @@ fn write_watch_follows_queued_output(h: &mut dyn Harness) -> Result<(), String> 
     // More than a socket buffer holds, so output stays queued until the other end reads.
     let data = pattern(4 * 1024 * 1024);
     peer.queue(&data);
-    let flushed = h.run_until(Duration::from_millis(50), &mut || peer.pending_output() == 0);
+    let flushed = h.run_until(Duration::from_millis(50), &mut || {
+        peer.pending_output() == 0
+    });
     expect(!flushed && peer.write_watch().is_enabled(), || {
         "with output queued and the socket full, the write watch must stay enabled".into()
     })?;
@@ -207,8 +216,12 @@ fn write_watch_follows_queued_output(h: &mut dyn Harness) -> Result<(), String> 
         format!("got {} of {} bytes, or altered", got.len(), data.len())
     })?;
     let off = h.run_until(LIMIT, &mut || !peer.write_watch().is_enabled());
-    expect(off, || "the write watch stayed enabled after the queue drained".into())?;
-    expect(peer.write_enables() >= 1, || "the write watch was never enabled".into())
+    expect(off, || {
+        "the write watch stayed enabled after the queue drained".into()
+    })?;
+    expect(peer.write_enables() >= 1, || {
+        "the write watch was never enabled".into()
+    })
 }
 
 fn one_byte_per_handle_drains_64k(h: &mut dyn Harness) -> Result<(), String> {
@@ -242,7 +255,10 @@ fn periodic_timeout_restarts_on_enable(h: &mut dyn Harness) -> Result<(), String
     let three = h.run_until(LIMIT, &mut || count() >= 3);
     let took = h.elapsed() - start;
     expect(three && took >= interval * 3, || {
-        format!("3 periods of {interval:?} took {took:?} ({} fired)", count())
+        format!(
+            "3 periods of {interval:?} took {took:?} ({} fired)",
+            count()
+        )
     })?;
 
     peer.timeouts()
@@ -296,10 +312,13 @@ fn removal_from_inside_a_handler(h: &mut dyn Harness) -> Result<(), String> {
     let handled = h.run_until(LIMIT, &mut || {
         calls.load(Ordering::SeqCst) >= 1 && first.received_len() >= 2
     });
-    expect(handled, || "the removing handler or its fd's other watch never ran".into())?;
-    expect(remover.is_removed() && second.read_watch().is_removed(), || {
-        "the removals did not take".into()
+    expect(handled, || {
+        "the removing handler or its fd's other watch never ran".into()
     })?;
+    expect(
+        remover.is_removed() && second.read_watch().is_removed(),
+        || "the removals did not take".into(),
+    )?;
 
     second_other.write_all(b"late").map_err(io("write"))?;
     first_other.write_all(b"more").map_err(io("write"))?;
@@ -338,7 +357,9 @@ fn closed_fd_reused_by_a_new_socket(h: &mut dyn Harness) -> Result<(), String> {
         drain(&mut new_other, &mut back);
         back.len() >= 4
     });
-    expect(echoed && back == b"back", || format!("write side got {back:?}"))
+    expect(echoed && back == b"back", || {
+        format!("write side got {back:?}")
+    })
 }
 
 fn woken_from_another_thread(h: &mut dyn Harness) -> Result<(), String> {

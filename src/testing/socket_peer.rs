@@ -173,10 +173,7 @@ impl SocketPeer {
         let timeout = Timeout::new(interval, move || {
             count.fetch_add(1, Ordering::SeqCst);
         });
-        self.inner
-            .timeouts
-            .add(&timeout)
-            .map_err(io::Error::from)?;
+        self.inner.timeouts.add(&timeout).map_err(io::Error::from)?;
         Ok((timeout, fired))
     }
 
@@ -199,7 +196,9 @@ impl SocketPeer {
 impl PeerInner {
     fn lock(&self) -> MutexGuard<'_, PeerState> {
         // A panicking handler must not make the peer unusable for the rest of a scenario.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn queue(&self, bytes: &[u8]) {
@@ -265,10 +264,11 @@ impl PeerInner {
                         After::Nothing
                     }
                 }
-                Err(e) if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
                 {
                     After::Nothing
                 }

@@ -1,0 +1,90 @@
+//! `EpollPoller`: the Linux backend.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use parking_lot::Mutex;
+
+use super::poller::{borrow, timeout_ms, Ready};
+use crate::flags::WatchFlags;
+
+/// How many readiness reports one wait collects; more wait for the next round.
+const BATCH: usize = 1024;
+
+pub(crate) struct EpollPoller {
+    epoll: Epoll,
+    events: Mutex<Vec<EpollEvent>>,
+}
+
+fn events_for(interest: WatchFlags) -> EpollFlags {
+    // Level-triggered (no EPOLLET): a producer may consume only part of what is ready (C17).
+    let mut flags = EpollFlags::empty();
+    flags.set(EpollFlags::EPOLLIN, interest.contains(WatchFlags::READABLE));
+    flags.set(
+        EpollFlags::EPOLLOUT,
+        interest.contains(WatchFlags::WRITABLE),
+    );
+    flags
+}
+
+fn condition_of(events: EpollFlags) -> WatchFlags {
+    let mut condition = WatchFlags::empty();
+    condition.set(WatchFlags::READABLE, events.contains(EpollFlags::EPOLLIN));
+    condition.set(WatchFlags::WRITABLE, events.contains(EpollFlags::EPOLLOUT));
+    condition.set(WatchFlags::ERROR, events.contains(EpollFlags::EPOLLERR));
+    condition.set(
+        WatchFlags::HANGUP,
+        events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP),
+    );
+    condition
+}
+
+impl EpollPoller {
+    pub(crate) fn new() -> io::Result<EpollPoller> {
+        Ok(EpollPoller {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            events: Mutex::new(vec![EpollEvent::empty(); BATCH]),
+        })
+    }
+
+    pub(crate) fn register(&self, fd: RawFd, interest: WatchFlags) -> io::Result<()> {
+        let event = EpollEvent::new(events_for(interest), fd as u64);
+        // SAFETY: see `borrow`: fds of registered watches are open (C15).
+        self.epoll.add(unsafe { borrow(fd) }, event)?;
+        Ok(())
+    }
+
+    pub(crate) fn reregister(&self, fd: RawFd, interest: WatchFlags) -> io::Result<()> {
+        let mut event = EpollEvent::new(events_for(interest), fd as u64);
+        // SAFETY: as in `register`.
+        self.epoll.modify(unsafe { borrow(fd) }, &mut event)?;
+        Ok(())
+    }
+
+    pub(crate) fn deregister(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: as in `register`.
+        match self.epoll.delete(unsafe { borrow(fd) }) {
+            // Closed (and so dropped by the kernel) or never added: nothing to undo.
+            Ok(()) | Err(Errno::EBADF) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) fn wait(&self, out: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<()> {
+        let mut events = self.events.lock();
+        let n = match self.epoll.wait(&mut events, timeout_ms(timeout)) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        out.extend(events[..n].iter().map(|event| Ready {
+            fd: event.data() as RawFd,
+            condition: condition_of(event.events()),
+            closed: false,
+        }));
+        Ok(())
+    }
+}
