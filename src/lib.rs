@@ -26,48 +26,60 @@
 //!
 //! # The whole flow
 //!
-//! A producer with one watch, a glue that records what it is told, and a "loop" that reports
-//! the fd ready:
+//! A producer with one watch and one timeout, attached to [`testing::MockLoop`] — a glue
+//! with a virtual clock and a log of every call it receives:
 //!
 //! ```
-//! use std::io;
 //! use std::sync::{Arc, Mutex};
-//! use loopglue::{Watch, WatchFlags, WatchFunctionSet, WatchList};
+//! use std::time::Duration;
+//! use loopglue::testing::{MockEvent, MockLoop};
+//! use loopglue::{Timeout, TimeoutList, Watch, WatchFlags, WatchList};
 //!
-//! // The producer's side.
-//! let list = WatchList::new();
-//! let got = Arc::new(Mutex::new(Vec::new()));
-//! let sink = Arc::clone(&got);
+//! // The producer's side: its objects and lists (a connection type would own these).
+//! let watches = WatchList::new();
+//! let timeouts = TimeoutList::new();
+//! let heard = Arc::new(Mutex::new(Vec::new()));
+//! let sink = Arc::clone(&heard);
 //! let watch = Watch::new(4, WatchFlags::READABLE, move |ready| sink.lock().unwrap().push(ready));
-//! list.add(&watch)?;
+//! let tick = Timeout::new(Duration::from_secs(1), || {});
+//! watches.add(&watch)?; // no glue yet: tracked, replayed when glue arrives
+//! timeouts.add(&tick)?;
 //!
-//! // The application's glue: what a poll loop would keep.
-//! let registered: Arc<Mutex<Vec<Watch>>> = Arc::default();
-//! let glue = WatchFunctionSet::new(
-//!     |w: &Watch, reg: &mut Arc<Mutex<Vec<Watch>>>| {
-//!         reg.lock().unwrap().push(w.clone());
-//!         Ok(())
-//!     },
-//!     |w: &Watch, reg: &mut Arc<Mutex<Vec<Watch>>>| reg.lock().unwrap().retain(|r| r != w),
-//!     |_w: &Watch, _reg: &mut Arc<Mutex<Vec<Watch>>>| {}, // re-reads is_enabled() when polling
-//!     Arc::clone(&registered),
-//!     drop,
+//! // The application's side: install its loop's functions (what `MainLoop::attach` does for
+//! // any `Source`). Every existing object is added.
+//! let mock = MockLoop::new();
+//! watches.set_functions(Some(mock.watch_functions())).map_err(|e| e.into_error())?;
+//! timeouts.set_functions(Some(mock.timeout_functions())).map_err(|e| e.into_error())?;
+//! assert_eq!(
+//!     mock.take_log(),
+//!     [
+//!         MockEvent::WatchAdded { id: watch.id(), fd: 4, flags: WatchFlags::READABLE, enabled: true },
+//!         MockEvent::TimeoutAdded { id: tick.id(), interval: Duration::from_secs(1), enabled: true },
+//!     ]
 //! );
-//! list.set_functions(Some(Box::new(glue))).map_err(|e| e.into_error())?;
 //!
-//! // The loop: fd 4 polled readable.
-//! for w in registered.lock().unwrap().clone() {
-//!     if w.is_enabled() {
-//!         let _ = w.handle(WatchFlags::READABLE | WatchFlags::WRITABLE);
-//!     }
-//! }
-//! // The watch asked only for READABLE, so that is all its handler hears (C3).
-//! assert_eq!(*got.lock().unwrap(), [WatchFlags::READABLE]);
+//! // fd 4 polls readable and writable; the watch asked only for READABLE, so that is all its
+//! // handler hears (C3).
+//! assert_eq!(mock.ready(4, WatchFlags::READABLE | WatchFlags::WRITABLE), 1);
+//! assert_eq!(*heard.lock().unwrap(), [WatchFlags::READABLE]);
 //!
-//! list.remove(&watch)?; // glue's remove runs; then close the fd (C15)
-//! assert!(registered.lock().unwrap().is_empty());
+//! // 2.5 s of virtual time: the periodic timeout fires twice (C10).
+//! assert_eq!(mock.advance(Duration::from_millis(2500)), 2);
+//!
+//! // The producer stops reading for a while: the glue is told, and stops reporting (C9).
+//! watches.toggle(&watch, false)?;
+//! assert_eq!(mock.ready(4, WatchFlags::READABLE), 0);
+//!
+//! // And goes away: the glue's remove runs before the producer closes its fd (C15).
+//! watches.remove(&watch)?;
+//! assert_eq!(watch.fd(), None);
+//! assert!(mock.watches().is_empty());
 //! # Ok::<(), loopglue::Error>(())
 //! ```
+//!
+//! Real applications attach producers to [`MainLoop`] (epoll or poll(2)), or write their own
+//! glue with [`WatchFunctionSet`] — `examples/custom_glue.rs` ports a libdbus poll loop line
+//! by line — and check it with the [`testing`] conformance scenarios.
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg(unix)]
 
@@ -95,6 +107,7 @@ pub use functions::{
     FunctionSet, TimeoutFunctionSet, TimeoutFunctions, WatchFunctionSet, WatchFunctions,
 };
 pub use list::{Object, ObjectList, TimeoutList, WatchList};
+pub use main_loop::{Backend, LoopHandle, MainLoop};
 pub use source::Source;
 pub use status::{DispatchStatus, DispatchStatusFn, StatusNotifier};
 pub use timeout::Timeout;

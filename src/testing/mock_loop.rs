@@ -55,7 +55,8 @@ pub enum MockEvent {
         /// The new state.
         enabled: bool,
     },
-    /// The mock called [`Watch::handle`].
+    /// The mock called [`Watch::handle`]. Logged before the call, so what the handler does
+    /// follows it in the log; a call on a watch removed meanwhile is not logged.
     WatchHandled {
         /// [`Watch::id`].
         id: u64,
@@ -85,7 +86,8 @@ pub enum MockEvent {
         /// The new state.
         enabled: bool,
     },
-    /// A timeout fell due and the mock called [`Timeout::handle`].
+    /// A timeout fell due and the mock called [`Timeout::handle`]; logged before the call,
+    /// and only if its handler ran.
     TimeoutFired {
         /// [`Timeout::id`].
         id: u64,
@@ -124,6 +126,32 @@ struct MockState {
 }
 
 impl MockState {
+    /// Logs the event a call is about to cause, so that whatever the producer does inside the
+    /// call is logged after it; `settle` then records how the call went.
+    fn open(&mut self, event: MockEvent) -> usize {
+        self.log.push(event);
+        self.log.len() - 1
+    }
+
+    /// Records a call's outcome in the entry `open` made, or drops the entry if the object
+    /// turned out to be removed (nothing was called). A log taken meanwhile leaves it alone.
+    fn settle(&mut self, at: usize, opened: &MockEvent, delivery: Delivery) {
+        if self.log.get(at) != Some(opened) {
+            return;
+        }
+        match (&mut self.log[at], delivery) {
+            (_, Delivery::Removed) => {
+                self.log.remove(at);
+            }
+            (MockEvent::WatchHandled { delivery: d, .. }, _) => *d = delivery,
+            (MockEvent::TimeoutFired { .. }, Delivery::Delivered) => {}
+            (MockEvent::TimeoutFired { .. }, _) => {
+                self.log.remove(at);
+            }
+            _ => {}
+        }
+    }
+
     /// Applies failure injection to one `add`; `Err` means refuse it.
     fn admit(&mut self, id: u64) -> io::Result<()> {
         if let Some(error) = self.fail_next.take() {
@@ -291,12 +319,15 @@ impl MockLoop {
                 }
             };
             let Some((timeout, at)) = next else { break };
-            if timeout.handle() == Delivery::Delivered {
+            let event = MockEvent::TimeoutFired {
+                id: timeout.id(),
+                at,
+            };
+            let entry = lock(&self.shared).open(event.clone());
+            let delivery = timeout.handle();
+            lock(&self.shared).settle(entry, &event, delivery);
+            if delivery == Delivery::Delivered {
                 fired += 1;
-                lock(&self.shared).log.push(MockEvent::TimeoutFired {
-                    id: timeout.id(),
-                    at,
-                });
             }
             self.dispatch_pending();
         }
@@ -409,16 +440,16 @@ impl MockLoop {
                 .cloned()
                 .collect();
             for watch in watches {
+                let event = MockEvent::WatchHandled {
+                    id: watch.id(),
+                    condition,
+                    delivery: Delivery::Delivered,
+                };
+                let entry = lock(&self.shared).open(event.clone());
                 let delivery = watch.handle(condition);
+                lock(&self.shared).settle(entry, &event, delivery);
                 if delivery == Delivery::Delivered {
                     delivered += 1;
-                }
-                if delivery != Delivery::Removed {
-                    lock(&self.shared).log.push(MockEvent::WatchHandled {
-                        id: watch.id(),
-                        condition,
-                        delivery,
-                    });
                 }
             }
         }
