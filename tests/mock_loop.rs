@@ -162,7 +162,7 @@ fn fail_next_add_and_fail_add_at() {
     let ws: Vec<Watch> = (0..4)
         .map(|fd| Watch::new(fd, WatchFlags::READABLE, |_| {}))
         .collect();
-    mock.fail_next_add(io::Error::new(io::ErrorKind::Other, "full"));
+    mock.fail_next_add(io::Error::other("full"));
     assert!(matches!(watches.add(&ws[0]), Err(Error::Refused(_))));
     watches.add(&ws[0]).unwrap();
     mock.fail_add_at(2);
