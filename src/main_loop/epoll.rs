@@ -50,15 +50,15 @@ impl EpollPoller {
         })
     }
 
-    pub(crate) fn register(&self, fd: RawFd, interest: WatchFlags) -> io::Result<()> {
-        let event = EpollEvent::new(events_for(interest), fd as u64);
+    pub(crate) fn register(&self, fd: RawFd, token: u64, interest: WatchFlags) -> io::Result<()> {
+        let event = EpollEvent::new(events_for(interest), token);
         // SAFETY: see `borrow`: fds of registered watches are open (C15).
         self.epoll.add(unsafe { borrow(fd) }, event)?;
         Ok(())
     }
 
-    pub(crate) fn reregister(&self, fd: RawFd, interest: WatchFlags) -> io::Result<()> {
-        let mut event = EpollEvent::new(events_for(interest), fd as u64);
+    pub(crate) fn reregister(&self, fd: RawFd, token: u64, interest: WatchFlags) -> io::Result<()> {
+        let mut event = EpollEvent::new(events_for(interest), token);
         // SAFETY: as in `register`.
         self.epoll.modify(unsafe { borrow(fd) }, &mut event)?;
         Ok(())
@@ -81,7 +81,7 @@ impl EpollPoller {
             Err(e) => return Err(e.into()),
         };
         out.extend(events[..n].iter().map(|event| Ready {
-            fd: event.data() as RawFd,
+            token: event.data(),
             condition: condition_of(event.events()),
             closed: false,
         }));

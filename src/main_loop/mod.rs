@@ -38,6 +38,9 @@ use poller::{Poller, Ready};
 use timers::TimerHeap;
 use waker::Waker;
 
+/// The poller token of the wakeup fd; watch registrations use slab keys, never this.
+const WAKER: u64 = u64::MAX;
+
 /// How many times one source is dispatched per iteration before the others get their turn.
 const DISPATCH_BATCH: usize = 64;
 
@@ -108,7 +111,6 @@ struct Attached {
 #[derive(Default)]
 struct Scratch {
     ready: Vec<Ready>,
-    fd_watches: Vec<Watch>,
     handle: Vec<(Watch, WatchFlags)>,
     due: Vec<Timeout>,
 }
@@ -157,7 +159,7 @@ impl MainLoop {
     pub fn with_backend(backend: Backend) -> io::Result<MainLoop> {
         let poller = Poller::new(backend)?;
         let waker = Waker::new()?;
-        poller.register(waker.fd(), WatchFlags::READABLE)?;
+        poller.register(waker.fd(), WAKER, WatchFlags::READABLE)?;
         Ok(MainLoop {
             inner: Arc::new(Inner {
                 poller,
@@ -333,15 +335,15 @@ impl MainLoop {
             let state = &mut *state;
             state.polling = false;
             for ready in scratch.ready.drain(..) {
-                if ready.fd == inner.waker.fd() {
+                let key = ready.token as usize;
+                if ready.token == WAKER {
                     woken = true;
                 } else if ready.closed {
-                    state.fds.drop_fd(&inner.poller, ready.fd);
+                    state.fds.drop_fd(&inner.poller, key);
                 } else {
-                    state.fds.enabled_watches(ready.fd, &mut scratch.fd_watches);
-                    scratch
-                        .handle
-                        .extend(scratch.fd_watches.drain(..).map(|w| (w, ready.condition)));
+                    state
+                        .fds
+                        .ready_watches(key, ready.condition, &mut scratch.handle);
                 }
             }
             state.timers.take_due(Instant::now(), &mut scratch.due);

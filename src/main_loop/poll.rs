@@ -21,19 +21,19 @@ pub(crate) struct PollPoller {
 
 #[derive(Default)]
 struct InterestSet {
-    entries: Vec<(RawFd, WatchFlags)>,
+    entries: Vec<(RawFd, u64, WatchFlags)>,
     index: HashMap<RawFd, usize>,
 }
 
 impl PollPoller {
-    pub(crate) fn set(&self, fd: RawFd, interest: WatchFlags) -> io::Result<()> {
+    pub(crate) fn set(&self, fd: RawFd, token: u64, interest: WatchFlags) -> io::Result<()> {
         let mut set = self.interest.lock();
         let set = &mut *set;
         match set.index.get(&fd) {
-            Some(&i) => set.entries[i].1 = interest,
+            Some(&i) => set.entries[i] = (fd, token, interest),
             None => {
                 set.index.insert(fd, set.entries.len());
-                set.entries.push((fd, interest));
+                set.entries.push((fd, token, interest));
             }
         }
         Ok(())
@@ -44,7 +44,7 @@ impl PollPoller {
         let set = &mut *set;
         if let Some(i) = set.index.remove(&fd) {
             set.entries.swap_remove(i);
-            if let Some((moved, _)) = set.entries.get(i) {
+            if let Some((moved, _, _)) = set.entries.get(i) {
                 set.index.insert(*moved, i);
             }
         }
@@ -53,10 +53,10 @@ impl PollPoller {
     pub(crate) fn wait(&self, out: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<()> {
         // Snapshot: registrations made while we block take effect at the next wait, and the
         // loop wakes itself when they are made from another thread.
-        let snapshot: Vec<(RawFd, WatchFlags)> = self.interest.lock().entries.clone();
+        let snapshot: Vec<(RawFd, u64, WatchFlags)> = self.interest.lock().entries.clone();
         let mut fds: Vec<PollFd<'_>> = snapshot
             .iter()
-            .map(|(fd, interest)| {
+            .map(|(fd, _, interest)| {
                 let events = PollFlags::from_bits_truncate(interest.to_poll_events());
                 // SAFETY: see `borrow`; a closed fd comes back as POLLNVAL, handled below.
                 PollFd::new(unsafe { borrow(*fd) }, events)
@@ -67,13 +67,13 @@ impl PollPoller {
             Err(Errno::EINTR) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        for ((fd, _), pollfd) in snapshot.iter().zip(&fds) {
+        for ((_, token, _), pollfd) in snapshot.iter().zip(&fds) {
             let revents = pollfd.revents().unwrap_or(PollFlags::empty());
             if revents.is_empty() {
                 continue;
             }
             out.push(Ready {
-                fd: *fd,
+                token: *token,
                 condition: WatchFlags::from_poll_revents(revents.bits()),
                 closed: revents.contains(PollFlags::POLLNVAL),
             });

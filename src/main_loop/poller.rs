@@ -37,10 +37,11 @@ impl Default for Backend {
     }
 }
 
-/// One fd's readiness from a wait.
+/// One registration's readiness from a wait.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ready {
-    pub(crate) fd: RawFd,
+    /// The token the fd was registered with: an index, so a report costs no lookup by fd.
+    pub(crate) token: u64,
     pub(crate) condition: WatchFlags,
     /// The fd is not open (`POLLNVAL`): it must be dropped from the set, not handled (C15).
     pub(crate) closed: bool,
@@ -69,20 +70,25 @@ impl Poller {
         }
     }
 
-    /// Starts reporting `interest` (plus errors and hang-ups) on `fd`.
-    pub(crate) fn register(&self, fd: RawFd, interest: WatchFlags) -> io::Result<()> {
+    /// Starts reporting `interest` (plus errors and hang-ups) on `fd`, tagged with `token`.
+    pub(crate) fn register(&self, fd: RawFd, token: u64, interest: WatchFlags) -> io::Result<()> {
         match self {
             #[cfg(any(target_os = "linux", target_os = "android"))]
-            Poller::Epoll(p) => p.register(fd, interest),
-            Poller::Poll(p) => p.set(fd, interest),
+            Poller::Epoll(p) => p.register(fd, token, interest),
+            Poller::Poll(p) => p.set(fd, token, interest),
         }
     }
 
-    pub(crate) fn reregister(&self, fd: RawFd, interest: WatchFlags) -> io::Result<()> {
+    pub(crate) fn reregister(
+        &self,
+        fd: RawFd,
+        token: u64,
+        interest: WatchFlags,
+    ) -> io::Result<()> {
         match self {
             #[cfg(any(target_os = "linux", target_os = "android"))]
-            Poller::Epoll(p) => p.reregister(fd, interest),
-            Poller::Poll(p) => p.set(fd, interest),
+            Poller::Epoll(p) => p.reregister(fd, token, interest),
+            Poller::Poll(p) => p.set(fd, token, interest),
         }
     }
 
