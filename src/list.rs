@@ -690,7 +690,12 @@ impl<O: Object> ObjectList<O> {
                     refused => {
                         state.unlink(key);
                         core.leave();
-                        core.set_phase(Phase::Fresh);
+                        // Removed from inside its own add: that remove returned Ok, so the
+                        // object stays removed (C4) rather than becoming addable again.
+                        core.set_phase(match core.phase() {
+                            Phase::Detaching => Phase::Invalid,
+                            _ => Phase::Fresh,
+                        });
                         trash.release(core, scope.set);
                         if let Some(Err(e)) = refused {
                             outcome = Err(e);
