@@ -65,10 +65,12 @@ impl ObjectCore {
         }
     }
 
+    #[inline]
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
 
+    #[inline]
     pub(crate) fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Fresh,
@@ -78,11 +80,13 @@ impl ObjectCore {
         }
     }
 
+    #[inline]
     pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
     }
 
     /// Moves a fresh object into a list; false if another list got there first.
+    #[inline]
     pub(crate) fn claim(&self) -> bool {
         self.phase
             .compare_exchange(
@@ -94,31 +98,38 @@ impl ObjectCore {
             .is_ok()
     }
 
+    #[inline]
     pub(crate) fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
     }
 
+    #[inline]
     pub(crate) fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Release);
     }
 
+    #[inline]
     pub(crate) fn list(&self) -> u64 {
         self.list.load(Ordering::Acquire)
     }
 
+    #[inline]
     pub(crate) fn key(&self) -> usize {
         self.key.load(Ordering::Acquire)
     }
 
+    #[inline]
     pub(crate) fn join(&self, list: u64, key: usize) {
         self.key.store(key, Ordering::Release);
         self.list.store(list, Ordering::Release);
     }
 
+    #[inline]
     pub(crate) fn leave(&self) {
         self.list.store(0, Ordering::Release);
     }
 
+    #[inline]
     pub(crate) fn set_owner(&self, set: u64) {
         self.owner.store(set, Ordering::Release);
     }
