@@ -65,13 +65,21 @@ fn main_loop_pingpong(n: usize, per_pair: usize) -> Duration {
     let mut watches = Vec::with_capacity(2 * n);
     for pair in &sockets {
         let (p, f) = (Arc::clone(pair), Arc::clone(&finished));
-        watches.push(Watch::new(pair.0.as_raw_fd(), WatchFlags::READABLE, move |_| {
-            on_readable(&p.0, Some((&p.2, per_pair, &f)));
-        }));
+        watches.push(Watch::new(
+            pair.0.as_raw_fd(),
+            WatchFlags::READABLE,
+            move |_| {
+                on_readable(&p.0, Some((&p.2, per_pair, &f)));
+            },
+        ));
         let p = Arc::clone(pair);
-        watches.push(Watch::new(pair.1.as_raw_fd(), WatchFlags::READABLE, move |_| {
-            on_readable(&p.1, None);
-        }));
+        watches.push(Watch::new(
+            pair.1.as_raw_fd(),
+            WatchFlags::READABLE,
+            move |_| {
+                on_readable(&p.1, None);
+            },
+        ));
     }
     for w in &watches {
         list.add(w).unwrap();
@@ -145,7 +153,9 @@ fn timeout_heavy(count: usize, run_for: Duration) -> (usize, Duration) {
     let mut busy = Duration::ZERO;
     while start.elapsed() < run_for {
         let round = Instant::now();
-        let ran = lp.run_once(Some(run_for.saturating_sub(start.elapsed()))).unwrap();
+        let ran = lp
+            .run_once(Some(run_for.saturating_sub(start.elapsed())))
+            .unwrap();
         if ran > 0 {
             busy += round.elapsed();
         }

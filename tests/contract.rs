@@ -1058,3 +1058,29 @@ fn c16_wakeup_hook_calls_the_installed_function() {
     hook.wake();
     assert_eq!(wakes.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn c4_an_object_removed_inside_its_own_refused_add_stays_removed() {
+    // remove() returned Ok inside the add, so the refusal must not make the object new again.
+    let events = log();
+    let list = Arc::new(WatchList::new());
+    let w = watch(3);
+    let (l, x) = (Arc::clone(&list), w.clone());
+    let set = Glue::<Watch>::new("a", &events)
+        .fail_at(1)
+        .hook(move |call, _: &Watch| {
+            if call == "add" {
+                l.remove(&x).unwrap();
+            }
+        });
+    install(&list, Box::new(set));
+    assert!(matches!(list.add(&w), Err(Error::Refused(_))));
+    assert_eq!(
+        take(&events),
+        ["a.add 3 on"],
+        "no remove: the glue refused it"
+    );
+    assert!(w.is_removed());
+    assert_eq!(w.fd(), None);
+    assert!(matches!(list.add(&w), Err(Error::Removed)));
+}

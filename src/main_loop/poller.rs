@@ -79,12 +79,7 @@ impl Poller {
         }
     }
 
-    pub(crate) fn reregister(
-        &self,
-        fd: RawFd,
-        token: u64,
-        interest: WatchFlags,
-    ) -> io::Result<()> {
+    pub(crate) fn reregister(&self, fd: RawFd, token: u64, interest: WatchFlags) -> io::Result<()> {
         match self {
             #[cfg(any(target_os = "linux", target_os = "android"))]
             Poller::Epoll(p) => p.reregister(fd, token, interest),
