@@ -2,6 +2,8 @@
 //! through a hand-written epoll loop (the physical limit), in one run, with the ratio per N;
 //! and a timeout-heavy run.
 //!
+//! Each N is run five times per loop, alternating, and the medians are compared.
+//!
 //! `cargo bench --bench loops` (1,000,000 round trips per N), or
 //! `cargo bench --bench loops -- --quick` (100,000).
 
@@ -163,6 +165,11 @@ fn timeout_heavy(count: usize, run_for: Duration) -> (usize, Duration) {
     (fired.load(Ordering::Relaxed), busy)
 }
 
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn raise_fd_limit(want: u64) -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
@@ -194,20 +201,20 @@ fn main() {
             n
         };
         let per_pair = total / n;
-        // Warm up both, then alternate so that drift hits both alike.
+        // Warm up both, then alternate five runs each so that drift and other load hit both
+        // alike, and compare medians.
         epoll_pingpong(n, per_pair.min(1_000));
         main_loop_pingpong(n, per_pair.min(1_000));
-        let mut ours = Duration::ZERO;
-        let mut theirs = Duration::ZERO;
-        for _ in 0..2 {
-            theirs += epoll_pingpong(n, per_pair / 2);
-            ours += main_loop_pingpong(n, per_pair / 2);
+        const RUNS: usize = 5;
+        let per_run = (per_pair / RUNS).max(1);
+        let trips = (n * per_run) as f64;
+        let mut ours = Vec::with_capacity(RUNS);
+        let mut theirs = Vec::with_capacity(RUNS);
+        for _ in 0..RUNS {
+            theirs.push(epoll_pingpong(n, per_run).as_nanos() as f64 / trips);
+            ours.push(main_loop_pingpong(n, per_run).as_nanos() as f64 / trips);
         }
-        let trips = (n * (per_pair / 2) * 2) as f64;
-        let (a, b) = (
-            ours.as_nanos() as f64 / trips,
-            theirs.as_nanos() as f64 / trips,
-        );
+        let (a, b) = (median(&mut ours), median(&mut theirs));
         println!("{n:>7} {a:>16.0} {b:>16.0} {:>7.3}x", a / b);
     }
     let (count, run_for) = (100_000, Duration::from_secs(if quick { 1 } else { 3 }));
