@@ -103,8 +103,12 @@ struct State {
     polling: bool,
 }
 
+/// An attached source, held strongly: attaching is what keeps it running, so a source wrapped
+/// in a fresh `Arc` at the call (`attach(Arc::new(conn.clone()))`) stays alive. The loop's
+/// glue holds the loop only weakly, so there is no cycle: dropping the loop drops its sources'
+/// registrations, and `detach` releases a source.
 struct Attached {
-    source: Weak<dyn Source>,
+    source: Arc<dyn Source>,
     queued: bool,
 }
 
@@ -179,19 +183,20 @@ impl MainLoop {
 
     /// Glue for a bare [`WatchList`](crate::WatchList): its watches are polled by this loop.
     pub fn watch_functions(&self) -> Box<dyn WatchFunctions> {
-        Box::new(LoopWatches(Arc::clone(&self.inner)))
+        Box::new(LoopWatches(Arc::downgrade(&self.inner)))
     }
 
     /// Glue for a bare [`TimeoutList`](crate::TimeoutList): its timeouts run on this loop.
     pub fn timeout_functions(&self) -> Box<dyn TimeoutFunctions> {
-        Box::new(LoopTimeouts(Arc::clone(&self.inner)))
+        Box::new(LoopTimeouts(Arc::downgrade(&self.inner)))
     }
 
     /// Runs `source` on this loop: installs the loop's watch, timeout, wakeup and
     /// dispatch-status functions, then reads the dispatch status once (C16).
     ///
-    /// The loop holds the source weakly; keep it alive, and [`detach`](Self::detach) it (or
-    /// drop it, which removes its watches) to stop.
+    /// The loop keeps the source alive until [`detach`](Self::detach) (or until the loop is
+    /// dropped): detach a connection when it ends — in its disconnect handler, say — or it
+    /// stays attached with nothing to poll.
     ///
     /// # Errors
     ///
@@ -199,7 +204,7 @@ impl MainLoop {
     /// a regular file under epoll); nothing stays installed then.
     pub fn attach(&self, source: Arc<dyn Source>) -> io::Result<()> {
         let key = self.inner.lock().sources.insert(Attached {
-            source: Arc::downgrade(&source),
+            source: Arc::clone(&source),
             queued: false,
         });
         let refused = |inner: &Inner, error: crate::Error| {
@@ -246,7 +251,9 @@ impl MainLoop {
             let key = state
                 .sources
                 .iter()
-                .find(|(_, a)| std::ptr::addr_eq(a.source.as_ptr(), source as *const dyn Source))
+                .find(|(_, a)| {
+                    std::ptr::addr_eq(Arc::as_ptr(&a.source), source as *const dyn Source)
+                })
                 .map(|(key, _)| key);
             if let Some(key) = key {
                 state.sources.remove(key);
@@ -350,9 +357,7 @@ impl MainLoop {
             for key in state.dispatch.drain(..) {
                 if let Some(attached) = state.sources.get_mut(key) {
                     attached.queued = false;
-                    if let Some(source) = attached.source.upgrade() {
-                        dispatch.push((key, source));
-                    }
+                    dispatch.push((key, Arc::clone(&attached.source)));
                 }
             }
         }
@@ -429,11 +434,17 @@ impl LoopHandle {
     }
 }
 
-struct LoopWatches(Arc<Inner>);
+/// The loop's glue, holding the loop weakly (its sources hold the glue): once the loop is
+/// gone, `add` refuses and the rest do nothing.
+struct LoopWatches(Weak<Inner>);
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the MainLoop was dropped")
+}
 
 impl WatchFunctions for LoopWatches {
     fn add(&mut self, watch: &Watch) -> io::Result<()> {
-        let inner = &*self.0;
+        let inner = self.0.upgrade().ok_or_else(gone)?;
         let mut state = inner.lock();
         state.fds.add(&inner.poller, watch)?;
         inner.nudge(&state);
@@ -441,40 +452,47 @@ impl WatchFunctions for LoopWatches {
     }
 
     fn remove(&mut self, watch: &Watch) {
-        let inner = &*self.0;
-        let mut state = inner.lock();
-        state.fds.remove(&inner.poller, watch);
-        inner.nudge(&state);
+        if let Some(inner) = self.0.upgrade() {
+            let mut state = inner.lock();
+            state.fds.remove(&inner.poller, watch);
+            inner.nudge(&state);
+        }
     }
 
     fn toggled(&mut self, watch: &Watch) {
-        let inner = &*self.0;
-        let mut state = inner.lock();
-        state.fds.toggled(&inner.poller, watch);
-        inner.nudge(&state);
+        if let Some(inner) = self.0.upgrade() {
+            let mut state = inner.lock();
+            state.fds.toggled(&inner.poller, watch);
+            inner.nudge(&state);
+        }
     }
 }
 
-struct LoopTimeouts(Arc<Inner>);
+struct LoopTimeouts(Weak<Inner>);
 
 impl TimeoutFunctions for LoopTimeouts {
     fn add(&mut self, timeout: &Timeout) -> io::Result<()> {
-        let mut state = self.0.lock();
+        let inner = self.0.upgrade().ok_or_else(gone)?;
+        let mut state = inner.lock();
         state.timers.insert(timeout, Instant::now());
-        self.0.nudge(&state);
+        inner.nudge(&state);
         Ok(())
     }
 
     fn remove(&mut self, timeout: &Timeout) {
-        let mut state = self.0.lock();
-        state.timers.remove(timeout);
-        self.0.nudge(&state);
+        if let Some(inner) = self.0.upgrade() {
+            let mut state = inner.lock();
+            state.timers.remove(timeout);
+            inner.nudge(&state);
+        }
     }
 
     fn toggled(&mut self, timeout: &Timeout) {
-        let mut state = self.0.lock();
-        state.timers.toggled(timeout, Instant::now());
-        self.0.nudge(&state);
+        if let Some(inner) = self.0.upgrade() {
+            let mut state = inner.lock();
+            state.timers.toggled(timeout, Instant::now());
+            inner.nudge(&state);
+        }
     }
 }
 

@@ -121,8 +121,9 @@ struct MockState {
     /// Adds still to accept before refusing one.
     fail_in: Option<usize>,
     closed_fds: HashSet<RawFd>,
-    /// Held weakly: the source holds the mock's glue, so a strong reference would be a cycle.
-    sources: Vec<Weak<dyn Source>>,
+    /// Held strongly, as `MainLoop` does: attaching keeps a source running until `detach`.
+    /// The glue holds this state weakly, so there is no cycle.
+    sources: Vec<Arc<dyn Source>>,
 }
 
 impl MockState {
@@ -230,16 +231,17 @@ impl MockLoop {
 
     /// Glue for a [`WatchList`](crate::WatchList) that registers its watches with this mock.
     pub fn watch_functions(&self) -> Box<dyn WatchFunctions> {
-        Box::new(MockWatches(Arc::clone(&self.shared)))
+        Box::new(MockWatches(Arc::downgrade(&self.shared)))
     }
 
     /// Glue for a [`TimeoutList`](crate::TimeoutList) that registers its timeouts with this
     /// mock.
     pub fn timeout_functions(&self) -> Box<dyn TimeoutFunctions> {
-        Box::new(MockTimeouts(Arc::clone(&self.shared)))
+        Box::new(MockTimeouts(Arc::downgrade(&self.shared)))
     }
 
-    /// Installs this mock's watch, timeout, wakeup and dispatch-status functions on `source`;
+    /// Installs this mock's watch, timeout, wakeup and dispatch-status functions on `source`
+    /// and keeps it alive until [`detach`](Self::detach);
     /// sources whose status is [`DispatchStatus::DataRemains`] are dispatched after each
     /// [`ready`](Self::ready), [`advance`](Self::advance) and [`poll_fds`](Self::poll_fds).
     ///
@@ -262,7 +264,7 @@ impl MockLoop {
         // The mock asks every source for its status when it dispatches, so the status function
         // only needs to exist; setting it never calls it (C16).
         source.set_dispatch_status_function(Some(Box::new(|_| {})));
-        lock(&self.shared).sources.push(Arc::downgrade(&source));
+        lock(&self.shared).sources.push(source);
         Ok(())
     }
 
@@ -274,7 +276,7 @@ impl MockLoop {
     pub fn detach(&self, source: &dyn Source) -> io::Result<()> {
         lock(&self.shared)
             .sources
-            .retain(|s| !std::ptr::addr_eq(s.as_ptr(), source as *const dyn Source));
+            .retain(|s| !std::ptr::addr_eq(Arc::as_ptr(s), source as *const dyn Source));
         source.set_wakeup_main_function(None);
         source.set_dispatch_status_function(None);
         source
@@ -408,11 +410,7 @@ impl MockLoop {
     /// Dispatches every attached source whose status is [`DispatchStatus::DataRemains`], up to
     /// a batch per source, and returns how many dispatches ran.
     pub fn dispatch_pending(&self) -> usize {
-        let sources: Vec<Arc<dyn Source>> = {
-            let mut state = lock(&self.shared);
-            state.sources.retain(|s| s.strong_count() > 0);
-            state.sources.iter().filter_map(Weak::upgrade).collect()
-        };
+        let sources: Vec<Arc<dyn Source>> = lock(&self.shared).sources.clone();
         let mut dispatched = 0;
         for source in sources {
             for _ in 0..DISPATCH_BATCH {
@@ -533,11 +531,18 @@ impl fmt::Debug for MockLoop {
     }
 }
 
-struct MockWatches(Shared);
+/// The mock's glue holds its state weakly (attached sources hold the glue); once every
+/// `MockLoop` handle is gone, `add` refuses and the rest do nothing.
+struct MockWatches(Weak<Mutex<MockState>>);
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the MockLoop was dropped")
+}
 
 impl WatchFunctions for MockWatches {
     fn add(&mut self, watch: &Watch) -> io::Result<()> {
-        let mut state = lock(&self.0);
+        let shared = self.0.upgrade().ok_or_else(gone)?;
+        let mut state = lock(&shared);
         state.admit(watch.id())?;
         let fd = watch.fd().unwrap_or(-1);
         state.closed_fds.remove(&fd);
@@ -552,7 +557,10 @@ impl WatchFunctions for MockWatches {
     }
 
     fn remove(&mut self, watch: &Watch) {
-        let mut state = lock(&self.0);
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        let mut state = lock(&shared);
         state.watches.retain(|w| w != watch);
         state.log.push(MockEvent::WatchRemoved {
             id: watch.id(),
@@ -561,18 +569,22 @@ impl WatchFunctions for MockWatches {
     }
 
     fn toggled(&mut self, watch: &Watch) {
-        lock(&self.0).log.push(MockEvent::WatchToggled {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        lock(&shared).log.push(MockEvent::WatchToggled {
             id: watch.id(),
             enabled: watch.is_enabled(),
         });
     }
 }
 
-struct MockTimeouts(Shared);
+struct MockTimeouts(Weak<Mutex<MockState>>);
 
 impl TimeoutFunctions for MockTimeouts {
     fn add(&mut self, timeout: &Timeout) -> io::Result<()> {
-        let mut state = lock(&self.0);
+        let shared = self.0.upgrade().ok_or_else(gone)?;
+        let mut state = lock(&shared);
         state.admit(timeout.id())?;
         state.log.push(MockEvent::TimeoutAdded {
             id: timeout.id(),
@@ -590,7 +602,10 @@ impl TimeoutFunctions for MockTimeouts {
     }
 
     fn remove(&mut self, timeout: &Timeout) {
-        let mut state = lock(&self.0);
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        let mut state = lock(&shared);
         state.timeouts.retain(|a| a.timeout != *timeout);
         state
             .log
@@ -598,7 +613,10 @@ impl TimeoutFunctions for MockTimeouts {
     }
 
     fn toggled(&mut self, timeout: &Timeout) {
-        let mut state = lock(&self.0);
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        let mut state = lock(&shared);
         let now = state.now;
         if timeout.is_enabled() {
             // Enabling restarts the period from now (C9).

@@ -1,0 +1,226 @@
+//! The main job: a `net::Server` and a few `net::Connection` clients on the built-in
+//! `MainLoop`, in one process. Every client sends a numbered message, waits for its echo,
+//! checks it, and sends the next; at the end the example prints a short report and exits 0.
+//!
+//! ```sh
+//! cargo run --example echo
+//! cargo run --release --example echo -- --clients 100 --messages 10000
+//! ```
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use loopglue::net::{Connection, ConnectionStats, Server};
+use loopglue::{MainLoop, Source};
+
+struct Options {
+    clients: usize,
+    messages: u64,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        clients: 4,
+        messages: 5_000,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|v| *v > 0)
+                .ok_or_else(|| format!("{name} takes a positive number"))
+        };
+        match arg.as_str() {
+            "--clients" => options.clients = value("--clients")? as usize,
+            "--messages" => options.messages = value("--messages")?,
+            "-h" | "--help" => {
+                return Err("usage: echo [--clients N] [--messages M]".to_string());
+            }
+            other => return Err(format!("unknown argument {other:?}; try --help")),
+        }
+    }
+    Ok(options)
+}
+
+/// A message: which client, which round trip, and some padding so frames are not trivial.
+fn message(client: usize, seq: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(48);
+    m.extend_from_slice(&(client as u64).to_le_bytes());
+    m.extend_from_slice(&seq.to_le_bytes());
+    m.extend_from_slice(b"loopglue echo payload: 32 bytes!");
+    m
+}
+
+fn add(total: &mut ConnectionStats, s: ConnectionStats) {
+    total.messages_received += s.messages_received;
+    total.messages_sent += s.messages_sent;
+    total.write_watch_enabled += s.write_watch_enabled;
+    total.read_watch_disabled += s.read_watch_disabled;
+    total.direct_writes += s.direct_writes;
+}
+
+fn run(options: &Options) -> Result<String, String> {
+    let path = std::env::temp_dir().join(format!("loopglue-echo-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let main_loop = Arc::new(MainLoop::new().map_err(|e| format!("main loop: {e}"))?);
+
+    // The server side: every accepted connection echoes what it receives.
+    let server = Server::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?;
+    let accepted: Arc<Mutex<Vec<Connection>>> = Arc::default();
+    let server_gone = Arc::new(AtomicUsize::new(0));
+    {
+        let (lp, accepted, gone) = (
+            Arc::clone(&main_loop),
+            Arc::clone(&accepted),
+            Arc::clone(&server_gone),
+        );
+        server.set_new_connection_function(move |conn| {
+            conn.set_message_handler(|conn, message| {
+                if let Err(e) = conn.send(message) {
+                    eprintln!("echo: server could not reply: {e}");
+                }
+            });
+            // The loop keeps an attached connection until it is detached: detach it when it
+            // ends. (The handler runs once and is dropped, so holding `conn` here is no cycle.)
+            let (gone, lp2, me) = (Arc::clone(&gone), Arc::clone(&lp), conn.clone());
+            conn.set_disconnect_handler(move |_| {
+                gone.fetch_add(1, Ordering::Relaxed);
+                let _ = lp2.detach(&me);
+            });
+            if let Err(e) = lp.attach(Arc::new(conn.clone())) {
+                eprintln!("echo: cannot attach a client: {e}");
+            }
+            accepted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        });
+    }
+    let server_source: Arc<dyn Source> = Arc::new(server.clone());
+    main_loop
+        .attach(Arc::clone(&server_source))
+        .map_err(|e| format!("attach server: {e}"))?;
+
+    // The clients: each checks every echo and sends the next message.
+    let finished = Arc::new(AtomicUsize::new(0));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::with_capacity(options.clients);
+    for id in 0..options.clients {
+        let client = Connection::connect(&path).map_err(|e| format!("connect: {e}"))?;
+        let next = Arc::new(AtomicU64::new(0));
+        let (finished, wrong, total) =
+            (Arc::clone(&finished), Arc::clone(&wrong), options.messages);
+        client.set_message_handler(move |conn, echo| {
+            let seq = next.fetch_add(1, Ordering::Relaxed);
+            if echo != message(id, seq) {
+                wrong.fetch_add(1, Ordering::Relaxed);
+            }
+            if seq + 1 < total {
+                if let Err(e) = conn.send(message(id, seq + 1)) {
+                    eprintln!("echo: client {id} could not send: {e}");
+                }
+            } else {
+                finished.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        main_loop
+            .attach(Arc::new(client.clone()))
+            .map_err(|e| format!("attach client: {e}"))?;
+        clients.push(client);
+    }
+
+    let start = Instant::now();
+    for (id, client) in clients.iter().enumerate() {
+        client
+            .send(message(id, 0))
+            .map_err(|e| format!("first send: {e}"))?;
+    }
+    let deadline = start + Duration::from_secs(300);
+    while finished.load(Ordering::Relaxed) < clients.len() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {} of {} clients finished within 300 s",
+                finished.load(Ordering::Relaxed),
+                clients.len()
+            ));
+        }
+        main_loop
+            .run_once(Some(Duration::from_millis(100)))
+            .map_err(|e| format!("loop: {e}"))?;
+    }
+    let elapsed = start.elapsed();
+
+    // Shut down: clients hang up, the server sees every hang-up, the server stops listening.
+    let mut client_stats = ConnectionStats::default();
+    for client in &clients {
+        add(&mut client_stats, client.stats());
+        client.close();
+        main_loop
+            .detach(client)
+            .map_err(|e| format!("detach client: {e}"))?;
+    }
+    while server_gone.load(Ordering::Relaxed) < clients.len() {
+        if Instant::now() > deadline {
+            return Err("the server did not see every client hang up".into());
+        }
+        main_loop
+            .run_once(Some(Duration::from_millis(100)))
+            .map_err(|e| format!("loop: {e}"))?;
+    }
+    let mut server_stats = ConnectionStats::default();
+    for conn in accepted.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        add(&mut server_stats, conn.stats());
+    }
+    server.disconnect();
+    main_loop
+        .detach(&*server_source)
+        .map_err(|e| format!("detach: {e}"))?;
+
+    let round_trips = options.clients as u64 * options.messages;
+    if wrong.load(Ordering::Relaxed) > 0 || client_stats.messages_received != round_trips {
+        return Err(format!(
+            "{} echoes wrong or out of order; {} of {round_trips} received",
+            wrong.load(Ordering::Relaxed),
+            client_stats.messages_received
+        ));
+    }
+    Ok(format!(
+        "echo: {clients} clients x {messages} messages = {round_trips} round trips in {secs:.3} s \
+         ({rate:.0} round trips/s)\n\
+         echo: every echo checked, in order; {gone} hang-ups seen by the server\n\
+         echo: write watch enabled {cw} times (clients) and {sw} times (server), \
+         {direct} sends written directly; read watch paused {pauses} times",
+        clients = options.clients,
+        messages = options.messages,
+        secs = elapsed.as_secs_f64(),
+        rate = round_trips as f64 / elapsed.as_secs_f64(),
+        gone = server_gone.load(Ordering::Relaxed),
+        cw = client_stats.write_watch_enabled,
+        sw = server_stats.write_watch_enabled,
+        direct = client_stats.direct_writes + server_stats.direct_writes,
+        pauses = client_stats.read_watch_disabled + server_stats.read_watch_disabled,
+    ))
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("echo failed: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
