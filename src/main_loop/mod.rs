@@ -335,7 +335,6 @@ impl MainLoop {
         };
         let waited = inner.poller.wait(&mut scratch.ready, wait);
 
-        let mut dispatch = Vec::new();
         let mut woken = false;
         {
             let mut state = inner.lock();
@@ -354,12 +353,6 @@ impl MainLoop {
                 }
             }
             state.timers.take_due(Instant::now(), &mut scratch.due);
-            for key in state.dispatch.drain(..) {
-                if let Some(attached) = state.sources.get_mut(key) {
-                    attached.queued = false;
-                    dispatch.push((key, Arc::clone(&attached.source)));
-                }
-            }
         }
         if woken {
             inner.waker.reset();
@@ -378,6 +371,20 @@ impl MainLoop {
                 ran += 1;
             }
         }
+        // Dispatch last, so that work the handlers above just queued (a message read this
+        // round) is dispatched this round rather than after another wait.
+        let dispatch: Vec<(usize, Arc<dyn Source>)> = {
+            let mut state = inner.lock();
+            let state = &mut *state;
+            let keys = std::mem::take(&mut state.dispatch);
+            keys.into_iter()
+                .filter_map(|key| {
+                    let attached = state.sources.get_mut(key)?;
+                    attached.queued = false;
+                    Some((key, Arc::clone(&attached.source)))
+                })
+                .collect()
+        };
         for (key, source) in dispatch {
             let mut remains = false;
             for _ in 0..DISPATCH_BATCH {

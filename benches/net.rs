@@ -1,0 +1,209 @@
+//! Echo of small framed messages (u32 little-endian length + 32-byte payload), ping-pong per
+//! connection, over 1 and 100 socketpair connections — through `MainLoop` + `net::Connection`,
+//! through a hand-written epoll loop with the same framing (the physical limit), and through
+//! tokio's current-thread runtime with the framing written by hand. One run, medians of
+//! three alternating runs each, ratios against the hand-written loop.
+//!
+//! `cargo bench --bench net` (1,000,000 messages per row) or `-- --quick` (100,000).
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loopglue::net::Connection;
+use loopglue::MainLoop;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+const PAYLOAD: [u8; 32] = *b"loopglue echo benchmark payload!";
+
+fn frame() -> Vec<u8> {
+    let mut f = (PAYLOAD.len() as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(&PAYLOAD);
+    f
+}
+
+fn main_loop_echo(n: usize, per_conn: u64) -> Duration {
+    let lp = MainLoop::new().unwrap();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (client, service) = (
+            Connection::from_stream(a).unwrap(),
+            Connection::from_stream(b).unwrap(),
+        );
+        service.set_message_handler(|c, m| c.send(m).unwrap());
+        let (count, f) = (Arc::new(AtomicU64::new(0)), Arc::clone(&finished));
+        client.set_message_handler(move |c, m| {
+            if count.fetch_add(1, Ordering::Relaxed) + 1 < per_conn {
+                c.send(m).unwrap();
+            } else {
+                f.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        lp.attach(Arc::new(client.clone())).unwrap();
+        lp.attach(Arc::new(service.clone())).unwrap();
+        conns.push((client, service));
+    }
+    let start = Instant::now();
+    for (client, _) in &conns {
+        client.send(PAYLOAD.to_vec()).unwrap();
+    }
+    while finished.load(Ordering::Relaxed) < n {
+        lp.run_once(None).unwrap();
+    }
+    start.elapsed()
+}
+
+/// One socket end of the hand-written loop: bytes read so far, frames parsed from them.
+struct End {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    client: bool,
+    count: u64,
+}
+
+fn epoll_echo(n: usize, per_conn: u64) -> Duration {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+    let mut ends = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        let (a, b) = UnixStream::pair().unwrap();
+        for (stream, client) in [(a, true), (b, false)] {
+            stream.set_nonblocking(true).unwrap();
+            let token = ends.len() as u64;
+            epoll
+                .add(stream.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+                .unwrap();
+            ends.push(End {
+                stream,
+                buf: Vec::new(),
+                client,
+                count: 0,
+            });
+        }
+    }
+    let wire = frame();
+    let mut events = vec![EpollEvent::empty(); 1024];
+    let mut chunk = [0u8; 64 * 1024];
+    let mut finished = 0;
+    let start = Instant::now();
+    for end in ends.iter().filter(|e| e.client) {
+        (&end.stream).write_all(&wire).unwrap();
+    }
+    while finished < n {
+        let ready = epoll.wait(&mut events, EpollTimeout::NONE).unwrap();
+        for event in &events[..ready] {
+            let end = &mut ends[event.data() as usize];
+            let got = match (&end.stream).read(&mut chunk) {
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            };
+            end.buf.extend_from_slice(&chunk[..got]);
+            while end.buf.len() >= 4 {
+                let len = u32::from_le_bytes(end.buf[..4].try_into().unwrap()) as usize;
+                if end.buf.len() < 4 + len {
+                    break;
+                }
+                let message: Vec<u8> = end.buf.drain(..4 + len).collect();
+                if !end.client {
+                    (&end.stream).write_all(&message).unwrap();
+                } else {
+                    end.count += 1;
+                    if end.count < per_conn {
+                        (&end.stream).write_all(&message).unwrap();
+                    } else {
+                        finished += 1;
+                    }
+                }
+            }
+        }
+    }
+    start.elapsed()
+}
+
+fn tokio_echo(n: usize, per_conn: u64) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            let (a, b) = tokio::net::UnixStream::pair().unwrap();
+            tasks.push(tokio::task::spawn(async move {
+                let mut b = b;
+                let mut header = [0u8; 4];
+                while b.read_exact(&mut header).await.is_ok() {
+                    let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
+                    b.read_exact(&mut body).await.unwrap();
+                    b.write_all(&header).await.unwrap();
+                    b.write_all(&body).await.unwrap();
+                }
+            }));
+            clients.push(a);
+        }
+        let start = Instant::now();
+        let runs: Vec<_> = clients
+            .into_iter()
+            .map(|mut a| {
+                tokio::task::spawn(async move {
+                    let wire = frame();
+                    let mut header = [0u8; 4];
+                    let mut body = [0u8; 32];
+                    for _ in 0..per_conn {
+                        a.write_all(&wire).await.unwrap();
+                        a.read_exact(&mut header).await.unwrap();
+                        a.read_exact(&mut body).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for run in runs {
+            run.await.unwrap();
+        }
+        let took = start.elapsed();
+        drop(tasks);
+        took
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let total: u64 = if quick { 100_000 } else { 1_000_000 };
+    println!("echo of {total} framed 32-byte messages per row, ping-pong per connection");
+    println!(
+        "{:>6} {:>14} {:>14} {:>14} {:>10} {:>10}",
+        "conns", "MainLoop ns", "epoll ns", "tokio ns", "vs epoll", "vs tokio"
+    );
+    for n in [1usize, 100] {
+        let per_conn = total / n as u64;
+        main_loop_echo(n, 1_000);
+        epoll_echo(n, 1_000);
+        tokio_echo(n, 1_000);
+        let (mut ours, mut hand, mut tok) = (Vec::new(), Vec::new(), Vec::new());
+        let per_run = per_conn / 3;
+        let msgs = (per_run * n as u64) as f64;
+        for _ in 0..3 {
+            hand.push(epoll_echo(n, per_run).as_nanos() as f64 / msgs);
+            ours.push(main_loop_echo(n, per_run).as_nanos() as f64 / msgs);
+            tok.push(tokio_echo(n, per_run).as_nanos() as f64 / msgs);
+        }
+        let (a, b, c) = (median(ours), median(hand), median(tok));
+        println!(
+            "{n:>6} {a:>14.0} {b:>14.0} {c:>14.0} {:>9.3}x {:>9.3}x",
+            a / b,
+            a / c
+        );
+    }
+}
