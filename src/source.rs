@@ -1,6 +1,6 @@
 //! `Source`: what a producer implements so that any glue can attach it.
 
-use crate::error::SetFunctionsError;
+use crate::error::{Error, SetFunctionsError};
 use crate::functions::{TimeoutFunctions, WatchFunctions};
 use crate::status::{DispatchStatus, DispatchStatusFn};
 use crate::wakeup::WakeupFn;
@@ -105,5 +105,39 @@ pub trait Source: Send + Sync {
     #[doc(alias = "dbus_connection_dispatch")]
     fn dispatch(&self) -> DispatchStatus {
         DispatchStatus::Complete
+    }
+
+    /// Installs a watch set and a timeout set as one step, as glue's `attach` does: if the
+    /// timeout set is refused, the watch set is uninstalled again, so nothing stays half
+    /// attached.
+    ///
+    /// # Errors
+    ///
+    /// Why a set was refused (the refused sets are dropped, running their free-data).
+    fn set_functions(
+        &self,
+        watches: Box<dyn WatchFunctions>,
+        timeouts: Box<dyn TimeoutFunctions>,
+    ) -> Result<(), Error> {
+        self.set_watch_functions(Some(watches))?;
+        if let Err(refused) = self.set_timeout_functions(Some(timeouts)) {
+            let _ = self.set_watch_functions(None);
+            return Err(refused.into_error());
+        }
+        Ok(())
+    }
+
+    /// Uninstalls everything glue installs — wakeup and dispatch-status functions, then the
+    /// watch and timeout sets — as glue's `detach` does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Reentrant`] from inside one of the source's own list callbacks.
+    fn clear_functions(&self) -> Result<(), Error> {
+        self.set_wakeup_main_function(None);
+        self.set_dispatch_status_function(None);
+        self.set_watch_functions(None)?;
+        self.set_timeout_functions(None)?;
+        Ok(())
     }
 }

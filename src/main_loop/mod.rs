@@ -211,12 +211,8 @@ impl MainLoop {
             inner.lock().sources.try_remove(key);
             io::Error::from(error)
         };
-        if let Err(e) = source.set_watch_functions(Some(self.watch_functions())) {
-            return Err(refused(&self.inner, e.into_error()));
-        }
-        if let Err(e) = source.set_timeout_functions(Some(self.timeout_functions())) {
-            let _ = source.set_watch_functions(None);
-            return Err(refused(&self.inner, e.into_error()));
+        if let Err(e) = source.set_functions(self.watch_functions(), self.timeout_functions()) {
+            return Err(refused(&self.inner, e));
         }
         let inner = Arc::downgrade(&self.inner);
         source.set_wakeup_main_function(Some(Box::new(move || {
@@ -259,14 +255,7 @@ impl MainLoop {
                 state.sources.remove(key);
             }
         }
-        source.set_wakeup_main_function(None);
-        source.set_dispatch_status_function(None);
-        source
-            .set_watch_functions(None)
-            .map_err(|e| io::Error::from(e.into_error()))?;
-        source
-            .set_timeout_functions(None)
-            .map_err(|e| io::Error::from(e.into_error()))
+        source.clear_functions().map_err(io::Error::from)
     }
 
     /// A handle that quits or wakes this loop from any thread.

@@ -251,12 +251,8 @@ impl MockLoop {
     /// instance through [`fail_next_add`](Self::fail_next_add)); nothing stays installed then.
     pub fn attach(&self, source: Arc<dyn Source>) -> io::Result<()> {
         source
-            .set_watch_functions(Some(self.watch_functions()))
-            .map_err(|e| io::Error::from(e.into_error()))?;
-        if let Err(e) = source.set_timeout_functions(Some(self.timeout_functions())) {
-            let _ = source.set_watch_functions(None);
-            return Err(e.into_error().into());
-        }
+            .set_functions(self.watch_functions(), self.timeout_functions())
+            .map_err(io::Error::from)?;
         let wakeups = Arc::clone(&self.wakeups);
         source.set_wakeup_main_function(Some(Box::new(move || {
             wakeups.fetch_add(1, Ordering::SeqCst);
@@ -277,14 +273,7 @@ impl MockLoop {
         lock(&self.shared)
             .sources
             .retain(|s| !std::ptr::addr_eq(Arc::as_ptr(s), source as *const dyn Source));
-        source.set_wakeup_main_function(None);
-        source.set_dispatch_status_function(None);
-        source
-            .set_watch_functions(None)
-            .map_err(|e| io::Error::from(e.into_error()))?;
-        source
-            .set_timeout_functions(None)
-            .map_err(|e| io::Error::from(e.into_error()))
+        source.clear_functions().map_err(io::Error::from)
     }
 
     /// The virtual time since the mock was created.
