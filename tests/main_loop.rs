@@ -86,27 +86,35 @@ fn c17_level_triggered_one_byte_per_handle() {
     }
 }
 
+/// Starts a runner thread that blocks in `run_once(None)` — no timeout at all, so only a wakeup
+/// can end each wait — until `peer` has enabled its write watch and flushed; then checks that
+/// the other end receives `expected` after `act` runs on this thread.
+fn woken_by(backend: Backend, expected: &[u8], act: impl FnOnce(&SocketPeer)) {
+    let lp = Arc::new(MainLoop::with_backend(backend).unwrap());
+    let (peer, mut other, _source) = peer(&lp, 4096);
+    let (l, p) = (Arc::clone(&lp), peer.clone());
+    let runner = std::thread::spawn(move || {
+        let end = Instant::now() + DEADLINE;
+        while p.write_enables() == 0 || p.pending_output() > 0 {
+            assert!(Instant::now() < end, "never flushed");
+            l.run_once(None).unwrap();
+        }
+    });
+    act(&peer);
+    bounded(move || runner.join().unwrap());
+    other.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = vec![0u8; expected.len()];
+    other.read_exact(&mut got).unwrap();
+    assert_eq!(got, expected, "{backend:?}");
+}
+
 #[test]
 fn write_watch_toggled_from_another_thread_wakes_the_loop() {
+    // For poll(2) the new interest needs a new wait: the toggle's wakeup provides it.
     for backend in backends() {
-        let lp = Arc::new(MainLoop::with_backend(backend).unwrap());
-        let (peer, mut other, _source) = peer(&lp, 4096);
-        let (l, p) = (Arc::clone(&lp), peer.clone());
-        // The loop blocks with no timeout at all: only the toggle's wakeup can let it see the
-        // write watch (for poll(2) the new interest needs a new wait).
-        let runner = std::thread::spawn(move || {
-            let end = Instant::now() + DEADLINE;
-            while p.pending_output() > 0 || p.write_enables() == 0 {
-                assert!(Instant::now() < end, "never flushed");
-                l.run_once(None).unwrap();
-            }
+        woken_by(backend, b"from a worker", |peer| {
+            peer.queue(b"from a worker")
         });
-        peer.queue(b"from a worker");
-        bounded(move || runner.join().unwrap());
-        other.set_read_timeout(Some(DEADLINE)).unwrap();
-        let mut got = [0u8; 13];
-        other.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"from a worker", "{backend:?}");
     }
 }
 
@@ -334,21 +342,6 @@ fn scale_100k_watches_and_100k_timeouts() {
 #[test]
 fn dispatch_runs_for_work_posted_from_another_thread() {
     for backend in backends() {
-        let lp = Arc::new(MainLoop::with_backend(backend).unwrap());
-        let (peer, mut other, _source) = peer(&lp, 4096);
-        let (l, p) = (Arc::clone(&lp), peer.clone());
-        let runner = std::thread::spawn(move || {
-            let end = Instant::now() + DEADLINE;
-            while p.write_enables() == 0 || p.pending_output() > 0 {
-                assert!(Instant::now() < end);
-                l.run_once(None).unwrap(); // only the wakeup can end this wait
-            }
-        });
-        peer.post(b"posted");
-        bounded(move || runner.join().unwrap());
-        other.set_read_timeout(Some(DEADLINE)).unwrap();
-        let mut got = [0u8; 6];
-        other.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"posted", "{backend:?}");
+        woken_by(backend, b"posted", |peer| peer.post(b"posted"));
     }
 }

@@ -132,6 +132,7 @@ pub(crate) fn timeout_ms(timeout: Option<Duration>) -> PollTimeout {
 /// and producers remove a watch before closing its fd (C15); an fd closed in breach of that
 /// makes the kernel answer EBADF or POLLNVAL, which the loop handles — it is never
 /// dereferenced in user space.
+// SAFETY: an `unsafe fn` so that each call site states why its fd is open (see above).
 pub(crate) unsafe fn borrow(fd: RawFd) -> BorrowedFd<'static> {
     // SAFETY: the caller's promise above.
     unsafe { BorrowedFd::borrow_raw(fd) }
