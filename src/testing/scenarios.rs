@@ -62,6 +62,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: closed_fd_reused_by_a_new_socket,
     },
     Scenario {
+        name: "fd closed while its watch is registered (C15)",
+        run: fd_closed_while_registered,
+    },
+    Scenario {
         name: "woken from another thread (C16)",
         run: woken_from_another_thread,
     },
@@ -397,6 +401,47 @@ fn functions_replaced_while_events_pending(h: &mut dyn Harness) -> Result<(), St
             "after replacing the functions, got {} of {} bytes",
             peer.received_len(),
             data.len()
+        )
+    })
+}
+
+/// A producer that breaks C15 — closes an fd while its watch is still registered — must cost
+/// the glue nothing worse than a warning: no report for the dead fd, a removal that tolerates
+/// EBADF, and a new socket on the same fd number served normally.
+fn fd_closed_while_registered(h: &mut dyn Harness) -> Result<(), String> {
+    use std::os::fd::IntoRawFd;
+
+    let (peer, _other) = pair(4096)?;
+    let _source = attach(h, &peer)?;
+    let (doomed, _doomed_other) = UnixStream::pair().map_err(io("socketpair"))?;
+    let fd = doomed.into_raw_fd();
+    let reports = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&reports);
+    let watch = Watch::new(fd, WatchFlags::READABLE, move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+    });
+    peer.watches()
+        .add(&watch)
+        .map_err(|e| format!("add: {e}"))?;
+    h.run_until(Duration::from_millis(10), &mut || false);
+    nix::unistd::close(fd).map_err(|e| format!("close: {e}"))?;
+    h.run_until(Duration::from_millis(50), &mut || false);
+    expect(reports.load(Ordering::SeqCst) == 0, || {
+        "a watch on a closed fd was reported to the producer".into()
+    })?;
+    peer.watches()
+        .remove(&watch)
+        .map_err(|e| format!("the late removal failed: {e}"))?;
+
+    // The fd number is free again: a new socket that gets it must work.
+    let (reused, mut reused_other) = pair(4096)?;
+    let _reused = attach(h, &reused)?;
+    reused_other.write_all(b"fresh").map_err(io("write"))?;
+    let got = h.run_until(LIMIT, &mut || reused.received_len() >= 5);
+    expect(got && reused.received() == b"fresh", || {
+        format!(
+            "after a closed fd, a new socket got {:?}",
+            reused.received()
         )
     })
 }
