@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use loopglue::{
-    SetFunctionsError, Source, Timeout, TimeoutFunctionSet, TimeoutFunctions, TimeoutList, Watch,
-    WatchFlags, WatchFunctionSet, WatchFunctions, WatchList,
+    SetFunctionsError, Source, SourceData, Timeout, TimeoutFunctionSet, TimeoutFunctions,
+    TimeoutList, Watch, WatchFlags, WatchFunctionSet, WatchFunctions, WatchList,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -168,6 +168,7 @@ fn iterate(lp: &Shared, max_wait: Duration) -> io::Result<()> {
 struct Echo {
     watches: WatchList,
     timeouts: TimeoutList,
+    data: SourceData,
     state: Mutex<EchoState>,
 }
 
@@ -188,6 +189,7 @@ impl Echo {
         let echo = Arc::new(Echo {
             watches: WatchList::new(),
             timeouts: TimeoutList::new(),
+            data: SourceData::new(),
             state: Mutex::new(EchoState {
                 stream: Some(stream),
                 outbound: VecDeque::new(),
@@ -297,6 +299,10 @@ fn with(weak: &Weak<Echo>, f: impl FnOnce(&Echo)) {
 }
 
 impl Source for Echo {
+    fn data(&self) -> &SourceData {
+        &self.data
+    }
+
     fn set_watch_functions(
         &self,
         functions: Option<Box<dyn WatchFunctions>>,

@@ -14,14 +14,15 @@ use std::time::Duration;
 
 use loopglue::testing::{MockEvent, MockLoop};
 use loopglue::{
-    Delivery, SetFunctionsError, Source, TimeoutFunctions, TimeoutList, Watch, WatchFlags,
-    WatchFunctions, WatchList,
+    Delivery, SetFunctionsError, Source, SourceData, TimeoutFunctions, TimeoutList, Watch,
+    WatchFlags, WatchFunctions, WatchList,
 };
 
 /// The producer under test.
 struct Outbox {
     watches: WatchList,
     timeouts: TimeoutList,
+    data: SourceData,
     write_watch: Watch,
     queue: Mutex<(UnixStream, VecDeque<Vec<u8>>)>,
 }
@@ -35,6 +36,7 @@ impl Outbox {
             Outbox {
                 watches: WatchList::new(),
                 timeouts: TimeoutList::new(),
+                data: SourceData::new(),
                 write_watch: Watch::new_disabled(fd, WatchFlags::WRITABLE, move |_| {
                     if let Some(outbox) = me.upgrade() {
                         outbox.flush_one();
@@ -69,6 +71,10 @@ impl Outbox {
 }
 
 impl Source for Outbox {
+    fn data(&self) -> &SourceData {
+        &self.data
+    }
+
     fn set_watch_functions(
         &self,
         functions: Option<Box<dyn WatchFunctions>>,

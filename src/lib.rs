@@ -91,6 +91,7 @@ mod functions;
 mod list;
 mod object;
 mod source;
+mod source_data;
 mod status;
 mod timeout;
 mod wakeup;
@@ -109,6 +110,7 @@ pub use functions::{
 pub use list::{Object, ObjectList, TimeoutList, WatchList};
 pub use main_loop::{Backend, LoopHandle, MainLoop};
 pub use source::Source;
+pub use source_data::SourceData;
 pub use status::{DispatchStatus, DispatchStatusFn, StatusNotifier};
 pub use timeout::Timeout;
 pub use wakeup::{WakeupFn, WakeupHook};

@@ -2,14 +2,16 @@
 
 use crate::error::{Error, SetFunctionsError};
 use crate::functions::{TimeoutFunctions, WatchFunctions};
+use crate::source_data::SourceData;
 use crate::status::{DispatchStatus, DispatchStatusFn};
 use crate::wakeup::WakeupFn;
 
 /// A connection-like object that glue can attach to an event loop: the producer-facing half
 /// of `dbus-connection.h` that concerns main-loop integration.
 ///
-/// A producer embeds a [`WatchList`](crate::WatchList) and a
-/// [`TimeoutList`](crate::TimeoutList) and forwards the first two methods to their
+/// A producer embeds a [`WatchList`](crate::WatchList), a
+/// [`TimeoutList`](crate::TimeoutList) and a [`SourceData`], returns the latter from
+/// [`data`](Self::data), and forwards the two `set_*_functions` methods to the lists'
 /// `set_functions`. Producers with a dispatch queue also forward the wakeup and status
 /// functions to a [`WakeupHook`](crate::WakeupHook) and a
 /// [`StatusNotifier`](crate::StatusNotifier); the defaults suit a producer that handles
@@ -26,16 +28,20 @@ use crate::wakeup::WakeupFn;
 ///
 /// ```
 /// use loopglue::{
-///     SetFunctionsError, Source, TimeoutFunctions, TimeoutList, Watch, WatchFlags,
-///     WatchFunctions, WatchList,
+///     SetFunctionsError, Source, SourceData, TimeoutFunctions, TimeoutList, Watch,
+///     WatchFlags, WatchFunctions, WatchList,
 /// };
 ///
 /// struct Pipe {
 ///     watches: WatchList,
 ///     timeouts: TimeoutList,
+///     data: SourceData,
 /// }
 ///
 /// impl Source for Pipe {
+///     fn data(&self) -> &SourceData {
+///         &self.data
+///     }
 ///     fn set_watch_functions(
 ///         &self,
 ///         functions: Option<Box<dyn WatchFunctions>>,
@@ -50,12 +56,22 @@ use crate::wakeup::WakeupFn;
 ///     }
 /// }
 ///
-/// let pipe = Pipe { watches: WatchList::new(), timeouts: TimeoutList::new() };
+/// let pipe = Pipe {
+///     watches: WatchList::new(),
+///     timeouts: TimeoutList::new(),
+///     data: SourceData::new(),
+/// };
 /// pipe.watches.add(&Watch::new(0, WatchFlags::READABLE, |_| {}))?;
 /// assert_eq!(pipe.dispatch_status(), loopglue::DispatchStatus::Complete);
 /// # Ok::<(), loopglue::Error>(())
 /// ```
 pub trait Source: Send + Sync {
+    /// The source's identity and glue data slots, shared by every handle of this source: glue
+    /// finds a source by `data().id()`, whatever clone it is given, and keeps its per-source
+    /// state in a slot.
+    #[doc(alias = "dbus_connection_get_data")]
+    fn data(&self) -> &SourceData;
+
     /// Installs the glue's watch functions (C7); see
     /// [`ObjectList::set_functions`](crate::ObjectList::set_functions).
     ///

@@ -247,9 +247,7 @@ impl MainLoop {
             let key = state
                 .sources
                 .iter()
-                .find(|(_, a)| {
-                    std::ptr::addr_eq(Arc::as_ptr(&a.source), source as *const dyn Source)
-                })
+                .find(|(_, a)| a.source.data().id() == source.data().id())
                 .map(|(key, _)| key);
             if let Some(key) = key {
                 state.sources.remove(key);
@@ -409,6 +407,11 @@ impl MainLoop {
     /// How many timeouts the loop tracks.
     pub fn timeouts(&self) -> usize {
         self.inner.lock().timers.len()
+    }
+
+    /// How many sources are attached (and so kept alive by the loop).
+    pub fn sources(&self) -> usize {
+        self.inner.lock().sources.len()
     }
 }
 

@@ -21,9 +21,9 @@ use super::frame::{FrameDecoder, TooLarge, HEADER_LEN};
 use super::outbox::{Outbox, Written};
 use super::stats::{bump, ConnectionStats, Counters};
 use crate::{
-    DispatchStatus, DispatchStatusFn, SetFunctionsError, Source, StatusNotifier, Timeout,
-    TimeoutFunctions, TimeoutList, WakeupFn, WakeupHook, Watch, WatchFlags, WatchFunctions,
-    WatchList,
+    DispatchStatus, DispatchStatusFn, SetFunctionsError, Source, SourceData, StatusNotifier,
+    Timeout, TimeoutFunctions, TimeoutList, WakeupFn, WakeupHook, Watch, WatchFlags,
+    WatchFunctions, WatchList,
 };
 
 /// Bytes read per `read` call; a handle reads up to the read budget in such chunks.
@@ -108,6 +108,7 @@ struct Shared {
     // object while the socket, owned by `state` below, is still open (C15).
     watches: WatchList,
     timeouts: TimeoutList,
+    data: SourceData,
     read_watch: Watch,
     write_watch: Watch,
     idle: Option<Timeout>,
@@ -262,6 +263,7 @@ impl Connection {
             Shared {
                 watches: WatchList::new(),
                 timeouts: TimeoutList::new(),
+                data: SourceData::new(),
                 read_watch,
                 write_watch,
                 idle,
@@ -499,6 +501,10 @@ impl Connection {
 }
 
 impl Source for Connection {
+    fn data(&self) -> &SourceData {
+        &self.shared.data
+    }
+
     fn set_watch_functions(
         &self,
         functions: Option<Box<dyn WatchFunctions>>,

@@ -20,8 +20,8 @@ use super::config::ServerConfig;
 use super::connection::Connection;
 use super::stats::bump;
 use crate::{
-    SetFunctionsError, Source, Timeout, TimeoutFunctions, TimeoutList, Watch, WatchFlags,
-    WatchFunctions, WatchList,
+    SetFunctionsError, Source, SourceData, Timeout, TimeoutFunctions, TimeoutList, Watch,
+    WatchFlags, WatchFunctions, WatchList,
 };
 
 type NewConnectionFn = Box<dyn FnMut(Connection) + Send>;
@@ -79,6 +79,7 @@ struct ServerShared {
     // listening socket, owned by `state` below, is still open (C15).
     watches: WatchList,
     timeouts: TimeoutList,
+    data: SourceData,
     watch: Watch,
     retry: Timeout,
     config: ServerConfig,
@@ -188,6 +189,7 @@ impl Server {
             ServerShared {
                 watches: WatchList::new(),
                 timeouts: TimeoutList::new(),
+                data: SourceData::new(),
                 watch,
                 retry,
                 config,
@@ -281,6 +283,10 @@ impl Server {
 }
 
 impl Source for Server {
+    fn data(&self) -> &SourceData {
+        &self.shared.data
+    }
+
     fn set_watch_functions(
         &self,
         functions: Option<Box<dyn WatchFunctions>>,

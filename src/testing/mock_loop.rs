@@ -272,7 +272,7 @@ impl MockLoop {
     pub fn detach(&self, source: &dyn Source) -> io::Result<()> {
         lock(&self.shared)
             .sources
-            .retain(|s| !std::ptr::addr_eq(Arc::as_ptr(s), source as *const dyn Source));
+            .retain(|s| s.data().id() != source.data().id());
         source.clear_functions().map_err(io::Error::from)
     }
 
@@ -500,6 +500,11 @@ impl MockLoop {
             .filter(|a| a.timeout.is_enabled())
             .map(|a| a.due)
             .min()
+    }
+
+    /// How many sources are attached (and so kept alive by the mock).
+    pub fn sources(&self) -> usize {
+        lock(&self.shared).sources.len()
     }
 
     /// How many times attached sources asked to be woken (C16).

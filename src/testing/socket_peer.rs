@@ -14,6 +14,7 @@ use crate::flags::WatchFlags;
 use crate::functions::{TimeoutFunctions, WatchFunctions};
 use crate::list::{TimeoutList, WatchList};
 use crate::source::Source;
+use crate::source_data::SourceData;
 use crate::status::{DispatchStatus, DispatchStatusFn, StatusNotifier};
 use crate::timeout::Timeout;
 use crate::wakeup::{WakeupFn, WakeupHook};
@@ -50,6 +51,7 @@ pub struct SocketPeer {
 struct PeerInner {
     watches: WatchList,
     timeouts: TimeoutList,
+    data: SourceData,
     wakeup: WakeupHook,
     status: StatusNotifier,
     read_watch: Watch,
@@ -82,6 +84,7 @@ impl SocketPeer {
             PeerInner {
                 watches: WatchList::new(),
                 timeouts: TimeoutList::new(),
+                data: SourceData::new(),
                 wakeup: WakeupHook::new(),
                 status: StatusNotifier::new(),
                 read_watch: Watch::new(fd, WatchFlags::READABLE, move |ready| {
@@ -300,6 +303,10 @@ impl PeerInner {
 }
 
 impl Source for SocketPeer {
+    fn data(&self) -> &SourceData {
+        &self.inner.data
+    }
+
     fn set_watch_functions(
         &self,
         functions: Option<Box<dyn WatchFunctions>>,
