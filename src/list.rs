@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use slab::Slab;
@@ -50,6 +51,9 @@ mod sealed {
     use crate::object::ObjectCore;
 
     pub trait Listed {
+        /// Whether enabling again restarts something the glue runs (a timeout's period), so
+        /// that an off-and-on must reach the glue even when it coalesces.
+        const RESTARTS: bool;
         fn core(&self) -> &ObjectCore;
         fn call_add(set: &mut <Self as super::Object>::Functions, object: &Self) -> io::Result<()>
         where
@@ -64,12 +68,13 @@ mod sealed {
 }
 
 macro_rules! listed {
-    ($object:ty, $functions:path) => {
+    ($object:ty, $functions:path, $restarts:expr) => {
         impl Object for $object {
             type Functions = dyn $functions;
         }
 
         impl sealed::Listed for $object {
+            const RESTARTS: bool = $restarts;
             fn core(&self) -> &ObjectCore {
                 <$object>::core(self)
             }
@@ -86,8 +91,8 @@ macro_rules! listed {
     };
 }
 
-listed!(Watch, WatchFunctions);
-listed!(Timeout, TimeoutFunctions);
+listed!(Watch, WatchFunctions, false);
+listed!(Timeout, TimeoutFunctions, true);
 
 /// The watches of a producer: libdbus's `DBusWatchList`, with the call-out rules of C7–C14.
 ///
@@ -149,6 +154,9 @@ struct State<O: Object> {
     tail: usize,
     /// Ops queued from inside callbacks, delivered by the token holder.
     queue: VecDeque<Op<O>>,
+    /// Nodes whose object is still a member: removed objects keep their node until their
+    /// queued `Remove` is delivered, but no longer count (C11: `len` agrees with `contains`).
+    members: usize,
 }
 
 struct Node<O> {
@@ -159,6 +167,8 @@ struct Node<O> {
     known: bool,
     /// The enabled state last told to the installed set, by `add` or `toggled`.
     told: bool,
+    /// The object's arming count when the set was last told (see `ObjectCore::arms`).
+    told_arms: u32,
 }
 
 enum Op<O> {
@@ -171,6 +181,9 @@ enum Op<O> {
 struct Trash<O: Object> {
     sets: Vec<Box<O::Functions>>,
     data: Vec<DataValue>,
+    /// Objects removed by this call: it returns only once their handlers running on other
+    /// threads have finished (C4, C15).
+    removed: Vec<O>,
     panic: Option<Box<dyn Any + Send>>,
 }
 
@@ -179,6 +192,7 @@ impl<O: Object> Trash<O> {
         Trash {
             sets: Vec::new(),
             data: Vec::new(),
+            removed: Vec::new(),
             panic: None,
         }
     }
@@ -199,9 +213,14 @@ impl<O: Object> Trash<O> {
         }
     }
 
-    /// Drops everything (no lock may be held), then resumes the first panic, if any (C14).
+    /// Drops everything and waits for the handlers of removed objects (no lock may be held),
+    /// then resumes the first panic, if any (C14).
     fn empty(mut self) {
-        if self.sets.is_empty() && self.data.is_empty() && self.panic.is_none() {
+        if self.sets.is_empty()
+            && self.data.is_empty()
+            && self.removed.is_empty()
+            && self.panic.is_none()
+        {
             return; // the usual case, kept off the hot path of toggle/add/remove
         }
         for set in std::mem::take(&mut self.sets) {
@@ -209,6 +228,9 @@ impl<O: Object> Trash<O> {
         }
         for value in std::mem::take(&mut self.data) {
             self.catch(move || drop(value));
+        }
+        for object in std::mem::take(&mut self.removed) {
+            object.core().wait_for_handlers();
         }
         if let Some(payload) = self.panic.take() {
             if !std::thread::panicking() {
@@ -228,13 +250,16 @@ enum Entry<'a, O: Object> {
 impl<O: Object> State<O> {
     fn link(&mut self, object: O) -> usize {
         let told = object.core().is_enabled();
+        let told_arms = object.core().arms();
         let key = self.nodes.insert(Node {
             object,
             prev: self.tail,
             next: NIL,
             known: false,
             told,
+            told_arms,
         });
+        self.members += 1;
         match self.tail {
             NIL => self.head = key,
             tail => self.nodes[tail].next = key,
@@ -295,6 +320,7 @@ impl<O: Object> ObjectList<O> {
                 head: NIL,
                 tail: NIL,
                 queue: VecDeque::new(),
+                members: 0,
             }),
             idle: Condvar::new(),
         }
@@ -376,7 +402,9 @@ impl<O: Object> ObjectList<O> {
         if let Some(outcome) = outcome {
             return self.leave(state, outcome, owner);
         }
+        let mut state = state;
         core.set_phase(Phase::Detaching);
+        state.members -= 1;
         self.run(state, Op::Remove(object.clone()), owner)
             .map_err(Error::Refused)
     }
@@ -418,6 +446,9 @@ impl<O: Object> ObjectList<O> {
             return self.leave(state, Ok(()), owner);
         }
         core.set_enabled(enabled);
+        if enabled {
+            core.bump_arms();
+        }
         self.run(state, Op::Toggle(object.clone()), owner)
             .map_err(Error::Refused)
     }
@@ -460,7 +491,7 @@ impl<O: Object> ObjectList<O> {
         let snapshot = state.objects();
         let new_id = next_id();
 
-        let mut accepted: Vec<(usize, bool)> = Vec::with_capacity(snapshot.len());
+        let mut accepted: Vec<(usize, (bool, u32))> = Vec::with_capacity(snapshot.len());
         let mut refusal: Option<io::Error> = None;
         let mut new_set = functions;
         if let Some(set) = new_set.as_mut() {
@@ -473,7 +504,7 @@ impl<O: Object> ObjectList<O> {
                 if core.phase() != Phase::Member {
                     continue; // removed from inside an earlier add: its Remove op is queued
                 }
-                let told = core.is_enabled();
+                let told = (core.is_enabled(), core.arms());
                 let result = MutexGuard::unlocked(&mut state, || {
                     let _scope = CalloutGuard::enter(scope);
                     trash.catch(|| O::call_add(set, object))
@@ -529,9 +560,10 @@ impl<O: Object> ObjectList<O> {
                 }
                 let node = &mut state.nodes[*key];
                 match accepted.next_if(|(k, _)| k == key) {
-                    Some((_, told)) => {
+                    Some((_, (told, told_arms))) => {
                         node.known = true;
                         node.told = told;
+                        node.told_arms = told_arms;
                         core.set_owner(new_id);
                     }
                     None => {
@@ -566,9 +598,9 @@ impl<O: Object> ObjectList<O> {
         state.key_of(self.id, object).is_some() && object.core().phase() == Phase::Member
     }
 
-    /// How many objects the list tracks.
+    /// How many objects the list tracks: those for which [`contains`](Self::contains) is true.
     pub fn len(&self) -> usize {
-        self.state.lock().nodes.len()
+        self.state.lock().members
     }
 
     /// Whether the list tracks no object.
@@ -576,13 +608,15 @@ impl<O: Object> ObjectList<O> {
         self.len() == 0
     }
 
-    /// The tracked objects, in insertion order.
+    /// The tracked objects, in insertion order: those for which [`contains`](Self::contains)
+    /// is true.
     pub fn objects(&self) -> Vec<O> {
         let state = self.state.lock();
         state
             .objects()
             .into_iter()
             .map(|(_, object)| object)
+            .filter(|object| object.core().phase() == Phase::Member)
             .collect()
     }
 
@@ -677,7 +711,7 @@ impl<O: Object> ObjectList<O> {
                 let Some(mut set) = state.set.take() else {
                     return (state, outcome); // tracked; replayed to the next set
                 };
-                let told = core.is_enabled();
+                let (told, told_arms) = (core.is_enabled(), core.arms());
                 let result = MutexGuard::unlocked(&mut state, || {
                     let _scope = CalloutGuard::enter(scope);
                     trash.catch(|| O::call_add(&mut set, &object))
@@ -688,10 +722,14 @@ impl<O: Object> ObjectList<O> {
                         let node = &mut state.nodes[key];
                         node.known = true;
                         node.told = told;
+                        node.told_arms = told_arms;
                         core.set_owner(scope.set);
                     }
                     refused => {
                         state.unlink(key);
+                        if core.phase() == Phase::Member {
+                            state.members -= 1; // a removed one was uncounted by `remove`
+                        }
                         core.leave();
                         // Removed from inside its own add: that remove returned Ok, so the
                         // object stays removed (C4) rather than becoming addable again.
@@ -725,19 +763,27 @@ impl<O: Object> ObjectList<O> {
                 core.set_owner(0);
                 core.set_phase(Phase::Invalid);
                 trash.release(core, scope.set);
+                trash.removed.push(object);
             }
             Op::Toggle(object) => {
                 let Some(key) = state.key_of(self.id, &object) else {
                     return (state, outcome);
                 };
                 let core = object.core();
-                let enabled = core.is_enabled();
+                let (enabled, arms) = (core.is_enabled(), core.arms());
                 let node = &mut state.nodes[key];
-                // Toggles that cancel out before delivery reach the glue as nothing (C9).
-                if !node.known || node.told == enabled || core.phase() != Phase::Member {
+                // Toggles that cancel out before delivery reach the glue as nothing (C9) —
+                // except that a timeout disabled and enabled again, or restarted, must restart
+                // its period: the glue hears `toggled` with the timeout enabled.
+                let restart = enabled && O::RESTARTS && node.told_arms != arms;
+                if !node.known
+                    || (node.told == enabled && !restart)
+                    || core.phase() != Phase::Member
+                {
                     return (state, outcome);
                 }
                 node.told = enabled;
+                node.told_arms = arms;
                 if let Some(mut set) = state.set.take() {
                     MutexGuard::unlocked(&mut state, || {
                         let _scope = CalloutGuard::enter(scope);
@@ -748,6 +794,66 @@ impl<O: Object> ObjectList<O> {
             }
         }
         (state, outcome)
+    }
+}
+
+impl ObjectList<Timeout> {
+    /// Gives `timeout` a new interval, enables it and restarts its period from now — what
+    /// libdbus does when a timeout's interval changes (it disables and re-enables the
+    /// timeout), and libvirt's `virEventUpdateTimeout`.
+    ///
+    /// The glue hears it as one `toggled` call in which `is_enabled()` is true and
+    /// `interval()` tells the new interval; glue restarts the period from then (C9, C10). This
+    /// is the only way a timeout's interval changes. A timeout not yet added just takes the
+    /// new interval and state; a removed one is left alone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use loopglue::testing::MockLoop;
+    /// use loopglue::{Timeout, TimeoutList};
+    ///
+    /// let mock = MockLoop::new();
+    /// let list = TimeoutList::new();
+    /// list.set_functions(Some(mock.timeout_functions())).map_err(|e| e.into_error())?;
+    /// let keepalive = Timeout::new(Duration::from_secs(5), || {});
+    /// list.add(&keepalive)?;
+    /// mock.advance(Duration::from_secs(4));
+    /// list.restart(&keepalive, Duration::from_secs(2))?; // due 2 s from now, not at 5 s
+    /// assert_eq!(keepalive.interval(), Duration::from_secs(2));
+    /// assert_eq!(mock.next_deadline(), Some(Duration::from_secs(6)));
+    /// # Ok::<(), loopglue::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ForeignObject`] if the timeout is in another list.
+    ///
+    /// # Panics
+    ///
+    /// If the glue's `toggled` panics, once the list is consistent; the new state stands.
+    pub fn restart(&self, timeout: &Timeout, interval: Duration) -> Result<(), Error> {
+        let core = timeout.core();
+        let (state, owner) = match self.enter() {
+            Entry::Owner(state) => (state, true),
+            Entry::Nested(state) => (state, false),
+        };
+        match core.phase() {
+            Phase::Member if core.list() == self.id => {}
+            Phase::Member => return self.leave(state, Err(Error::ForeignObject), owner),
+            Phase::Fresh => {
+                timeout.set_interval(interval);
+                core.set_enabled(true);
+                return self.leave(state, Ok(()), owner);
+            }
+            Phase::Detaching | Phase::Invalid => return self.leave(state, Ok(()), owner),
+        }
+        timeout.set_interval(interval);
+        core.set_enabled(true);
+        core.bump_arms();
+        self.run(state, Op::Toggle(timeout.clone()), owner)
+            .map_err(Error::Refused)
     }
 }
 
@@ -771,6 +877,7 @@ impl<O: Object> Drop for ObjectList<O> {
         };
         for (key, object) in state.objects() {
             let core = object.core();
+            core.set_phase(Phase::Detaching); // no handler starts from here on
             if let (Some(set), true) = (set.as_mut(), state.nodes[key].known) {
                 let _scope = CalloutGuard::enter(scope);
                 trash.catch(|| O::call_remove(set, &object));
@@ -779,8 +886,10 @@ impl<O: Object> Drop for ObjectList<O> {
             core.leave();
             core.set_owner(0);
             core.set_phase(Phase::Invalid);
+            trash.removed.push(object);
         }
         state.nodes.clear();
+        state.members = 0;
         trash.sets.extend(set);
         trash.empty();
     }

@@ -2,11 +2,12 @@
 //! glue data slot.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::callout;
 
@@ -35,12 +36,51 @@ pub(crate) enum Phase {
     Invalid = 3,
 }
 
+thread_local! {
+    /// The objects whose handler is running on this thread, innermost last.
+    static HANDLING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where removers wait for handlers on other threads to finish. One for the process: waiting
+/// is rare (a remove racing a handler), so a shared condvar costs nothing per object.
+struct HandlersDone {
+    lock: Mutex<()>,
+    done: Condvar,
+}
+
+static HANDLERS_DONE: HandlersDone = HandlersDone {
+    lock: Mutex::new(()),
+    done: Condvar::new(),
+};
+
+/// A `handle` call in progress; see [`ObjectCore::enter_handler`].
+pub(crate) struct HandlerGuard<'a>(&'a ObjectCore);
+
+impl Drop for HandlerGuard<'_> {
+    fn drop(&mut self) {
+        HANDLING.with(|ids| {
+            let mut ids = ids.borrow_mut();
+            if let Some(i) = ids.iter().rposition(|&id| id == self.0.id) {
+                ids.remove(i);
+            }
+        });
+        self.0.leave_handler();
+    }
+}
+
 /// The state behind a [`Watch`](crate::Watch) or [`Timeout`](crate::Timeout) handle.
 /// Public only so the sealed list trait can name it; not reachable from outside the crate.
 pub struct ObjectCore {
     id: u64,
     phase: AtomicU8,
     enabled: AtomicBool,
+    /// Bumped each time the object is (re)armed: an enable, or a timeout restart. A queued
+    /// toggle compares it with what the glue was last told, so a restart that coalesced with
+    /// a disable inside a callback still reaches the glue (C9).
+    arms: AtomicU32,
+    /// `handle` calls of this object in progress, on any thread: `remove` waits for those on
+    /// other threads (C4, C15).
+    running: AtomicUsize,
     /// The list that tracks this object, and its key there; written under that list's lock.
     list: AtomicU64,
     key: AtomicUsize,
@@ -58,6 +98,8 @@ impl ObjectCore {
             id: next_id(),
             phase: AtomicU8::new(Phase::Fresh as u8),
             enabled: AtomicBool::new(enabled),
+            arms: AtomicU32::new(0),
+            running: AtomicUsize::new(0),
             list: AtomicU64::new(0),
             key: AtomicUsize::new(0),
             owner: AtomicU64::new(0),
@@ -82,7 +124,56 @@ impl ObjectCore {
 
     #[inline]
     pub(crate) fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Release);
+        // SeqCst: paired with `enter_handler`, so that either a handler sees the object
+        // detaching and does not start, or `wait_for_handlers` sees it running (C4).
+        self.phase.store(phase as u8, Ordering::SeqCst);
+    }
+
+    /// Marks a `handle` call in progress, or refuses if the object is being removed. The guard
+    /// ends the call, also on unwind.
+    #[inline]
+    pub(crate) fn enter_handler(&self) -> Option<HandlerGuard<'_>> {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.phase.load(Ordering::SeqCst) >= Phase::Detaching as u8 {
+            self.leave_handler();
+            return None;
+        }
+        HANDLING.with(|ids| ids.borrow_mut().push(self.id));
+        Some(HandlerGuard(self))
+    }
+
+    fn leave_handler(&self) {
+        let before = self.running.fetch_sub(1, Ordering::SeqCst);
+        if before == 1 && self.phase.load(Ordering::SeqCst) >= Phase::Detaching as u8 {
+            // A remover may be waiting: wake it. Taking the lock orders this with its check.
+            let _lock = HANDLERS_DONE.lock.lock();
+            HANDLERS_DONE.done.notify_all();
+        }
+    }
+
+    /// Waits until no `handle` call of this object is in progress on another thread; calls on
+    /// this thread (a handler removing its own object) are not waited for. The object must
+    /// already be detaching, so no new call starts.
+    pub(crate) fn wait_for_handlers(&self) {
+        let own = HANDLING.with(|ids| ids.borrow().iter().filter(|&&id| id == self.id).count());
+        if self.running.load(Ordering::SeqCst) <= own {
+            return; // the usual case: nobody else is in a handler of this object
+        }
+        let mut lock = HANDLERS_DONE.lock.lock();
+        while self.running.load(Ordering::SeqCst) > own {
+            HANDLERS_DONE.done.wait(&mut lock);
+        }
+    }
+
+    /// Counts an arming (an enable or a restart) and returns the new count.
+    #[inline]
+    pub(crate) fn bump_arms(&self) -> u32 {
+        self.arms.fetch_add(1, Ordering::AcqRel).wrapping_add(1)
+    }
+
+    #[inline]
+    pub(crate) fn arms(&self) -> u32 {
+        self.arms.load(Ordering::Acquire)
     }
 
     /// Moves a fresh object into a list; false if another list got there first.

@@ -1,5 +1,7 @@
 //! `Source`: what a producer implements so that any glue can attach it.
 
+use std::panic::{self, AssertUnwindSafe};
+
 use crate::error::{Error, SetFunctionsError};
 use crate::functions::{TimeoutFunctions, WatchFunctions};
 use crate::source_data::SourceData;
@@ -144,16 +146,44 @@ pub trait Source: Send + Sync {
     }
 
     /// Uninstalls everything glue installs — wakeup and dispatch-status functions, then the
-    /// watch and timeout sets — as glue's `detach` does.
+    /// watch and timeout sets — as glue's `detach` does. Every step runs even if an earlier
+    /// one fails or panics (a free-data that panics, say), so nothing stays installed.
     ///
     /// # Errors
     ///
-    /// [`Error::Reentrant`] from inside one of the source's own list callbacks.
+    /// [`Error::Reentrant`] from inside one of the source's own list callbacks (the first
+    /// error, once every step has run).
+    ///
+    /// # Panics
+    ///
+    /// If a step panics (glue code: a `remove`, a free-data, a dropped function), once every
+    /// step has run; the first panic is resumed.
     fn clear_functions(&self) -> Result<(), Error> {
-        self.set_wakeup_main_function(None);
-        self.set_dispatch_status_function(None);
-        self.set_watch_functions(None)?;
-        self.set_timeout_functions(None)?;
-        Ok(())
+        let mut panicked = None;
+        let mut step = |f: &mut dyn FnMut() -> Result<(), Error>| match panic::catch_unwind(
+            AssertUnwindSafe(f),
+        ) {
+            Ok(outcome) => outcome,
+            Err(payload) => {
+                panicked.get_or_insert(payload);
+                Ok(())
+            }
+        };
+        let outcomes = [
+            step(&mut || {
+                self.set_wakeup_main_function(None);
+                Ok(())
+            }),
+            step(&mut || {
+                self.set_dispatch_status_function(None);
+                Ok(())
+            }),
+            step(&mut || self.set_watch_functions(None).map_err(|e| e.into_error())),
+            step(&mut || self.set_timeout_functions(None).map_err(|e| e.into_error())),
+        ];
+        if let Some(payload) = panicked {
+            panic::resume_unwind(payload);
+        }
+        outcomes.into_iter().collect()
     }
 }

@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,9 @@ pub struct Timeout {
 
 struct TimeoutInner {
     core: ObjectCore,
-    interval: Duration,
+    /// Nanoseconds; `u64::MAX` stands for `Duration::MAX` (never). Changed only by
+    /// [`TimeoutList::restart`](crate::TimeoutList::restart).
+    interval: AtomicU64,
     handler: TimeoutHandler,
 }
 
@@ -56,16 +59,28 @@ impl Timeout {
         Timeout {
             inner: Arc::new(TimeoutInner {
                 core: ObjectCore::new(enabled),
-                interval,
+                interval: AtomicU64::new(nanos(interval)),
                 handler,
             }),
         }
     }
 
-    /// The period, fixed at creation (C10).
+    /// The period (C10). It changes only through
+    /// [`TimeoutList::restart`](crate::TimeoutList::restart), which glue hears as `toggled`:
+    /// glue reads it again there. An interval too long for the clock — over 584 years, such as
+    /// [`Duration::MAX`] — reads back as `Duration::MAX` and means "never".
     #[doc(alias = "dbus_timeout_get_interval")]
     pub fn interval(&self) -> Duration {
-        self.inner.interval
+        match self.inner.interval.load(Ordering::Acquire) {
+            u64::MAX => Duration::MAX,
+            ns => Duration::from_nanos(ns),
+        }
+    }
+
+    pub(crate) fn set_interval(&self, interval: Duration) {
+        self.inner
+            .interval
+            .store(nanos(interval), Ordering::Release);
     }
 
     /// Whether glue should run the timer now. Inside the glue's `toggled` call it already tells
@@ -102,6 +117,10 @@ impl Timeout {
         if !core.is_enabled() {
             return Delivery::Disabled;
         }
+        // Counted while it runs, so that `remove` on another thread waits for it (C4).
+        let Some(_running) = core.enter_handler() else {
+            return Delivery::Removed;
+        };
         (self.inner.handler)();
         Delivery::Delivered
     }
@@ -134,8 +153,13 @@ identity_eq!(Timeout);
 impl fmt::Debug for Timeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = f.debug_struct("Timeout");
-        out.field("interval", &self.inner.interval);
+        out.field("interval", &self.interval());
         self.core().fmt_fields(&mut out);
         out.finish()
     }
+}
+
+/// An interval in nanoseconds, saturating: what does not fit stands for "never".
+fn nanos(interval: Duration) -> u64 {
+    u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX)
 }

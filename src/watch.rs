@@ -141,7 +141,9 @@ impl Watch {
     ///
     /// Unlike libdbus, which aborts on a removed watch and delivers to a disabled one, this
     /// returns [`Delivery::Removed`] or [`Delivery::Disabled`] and runs nothing, so a report
-    /// that raced with a remove or a toggle on another thread is harmless.
+    /// that raced with a remove or a toggle on another thread is harmless. A handler that has
+    /// started finishes before [`WatchList::remove`](crate::WatchList::remove) returns on
+    /// another thread, so the producer may close the fd once `remove` returns (C4, C15).
     ///
     /// # Panics
     ///
@@ -159,6 +161,10 @@ impl Watch {
         if !core.is_enabled() {
             return Delivery::Disabled;
         }
+        // Counted while it runs, so that `remove` on another thread waits for it (C4, C15).
+        let Some(_running) = core.enter_handler() else {
+            return Delivery::Removed;
+        };
         (self.inner.handler)(condition);
         Delivery::Delivered
     }

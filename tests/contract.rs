@@ -1084,3 +1084,310 @@ fn c4_an_object_removed_inside_its_own_refused_add_stays_removed() {
     assert_eq!(w.fd(), None);
     assert!(matches!(list.add(&w), Err(Error::Removed)));
 }
+
+// ---- Regressions found by outside testing (issue 7) ---------------------------------------------
+
+/// C4/C15: `remove` returns only once handler calls already running on other threads have
+/// finished, and no handler starts after it returned — the producer may close the fd then.
+#[test]
+fn c4_remove_waits_for_handlers_running_on_other_threads() {
+    use std::sync::atomic::AtomicBool;
+    for _round in 0..20 {
+        let list = Arc::new(WatchList::new());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let returned = Arc::new(AtomicBool::new(false));
+        let late = Arc::new(AtomicUsize::new(0));
+        let (i, r, l) = (
+            Arc::clone(&inside),
+            Arc::clone(&returned),
+            Arc::clone(&late),
+        );
+        let w = Watch::new(3, WatchFlags::READABLE, move |_| {
+            i.fetch_add(1, Ordering::SeqCst);
+            if r.load(Ordering::SeqCst) {
+                l.fetch_add(1, Ordering::SeqCst); // started after remove returned
+            }
+            for _ in 0..50 {
+                std::thread::yield_now(); // stay inside a while: "reading the fd"
+            }
+            i.fetch_sub(1, Ordering::SeqCst);
+        });
+        list.add(&w).unwrap();
+        let started = Arc::new(std::sync::Barrier::new(7));
+        let handlers: Vec<_> = (0..6)
+            .map(|_| {
+                let (w, started) = (w.clone(), Arc::clone(&started));
+                std::thread::spawn(move || {
+                    started.wait();
+                    while w.handle(WatchFlags::READABLE) == Delivery::Delivered {}
+                })
+            })
+            .collect();
+        started.wait();
+        while inside.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now(); // until some handler is in flight
+        }
+        let remover = Arc::clone(&list);
+        let w2 = w.clone();
+        bounded(move || remover.remove(&w2).unwrap());
+        assert_eq!(
+            inside.load(Ordering::SeqCst),
+            0,
+            "a handler outlived remove"
+        );
+        returned.store(true, Ordering::SeqCst);
+        for h in handlers {
+            h.join().unwrap();
+        }
+        assert_eq!(
+            late.load(Ordering::SeqCst),
+            0,
+            "a handler started after remove"
+        );
+        assert_eq!(w.handle(WatchFlags::READABLE), Delivery::Removed);
+    }
+}
+
+/// C4: a remove that waits for another thread's handler does not return before it ends, but a
+/// handler removing its own watch is not waited for (it would wait for itself), and dropping
+/// the list waits like `remove`.
+#[test]
+fn c4_remove_blocks_on_a_running_handler_until_it_ends() {
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let order = log();
+    let o = Arc::clone(&order);
+    let w = Watch::new(3, WatchFlags::READABLE, move |_| {
+        entered_tx.send(()).unwrap();
+        go_rx.lock().unwrap().recv().unwrap();
+        o.lock().unwrap().push("handler ended".to_string());
+    });
+    let list = Arc::new(WatchList::new());
+    list.add(&w).unwrap();
+    let handler = {
+        let w = w.clone();
+        std::thread::spawn(move || w.handle(WatchFlags::READABLE))
+    };
+    entered_rx.recv().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let remover = {
+        let (list, w, order) = (Arc::clone(&list), w.clone(), Arc::clone(&order));
+        std::thread::spawn(move || {
+            list.remove(&w).unwrap();
+            order.lock().unwrap().push("remove returned".to_string());
+            done_tx.send(()).unwrap();
+        })
+    };
+    // Negative check, bounded: with the handler parked, remove must not come back.
+    assert!(
+        done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "remove returned while the handler was still running"
+    );
+    assert!(
+        w.is_removed(),
+        "removal has begun: new handle calls are refused"
+    );
+    go_tx.send(()).unwrap();
+    done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(handler.join().unwrap(), Delivery::Delivered);
+    remover.join().unwrap();
+    assert_eq!(take(&order), ["handler ended", "remove returned"]);
+
+    // Removing itself from inside its own handler returns at once.
+    let list = Arc::new(WatchList::new());
+    let l = Arc::downgrade(&list);
+    let me: Arc<Mutex<Option<Watch>>> = Arc::default();
+    let m = Arc::clone(&me);
+    let w = Watch::new(4, WatchFlags::READABLE, move |_| {
+        let w = m.lock().unwrap().clone().unwrap();
+        l.upgrade().unwrap().remove(&w).unwrap();
+    });
+    *me.lock().unwrap() = Some(w.clone());
+    list.add(&w).unwrap();
+    let w2 = w.clone();
+    assert_eq!(
+        bounded(move || w2.handle(WatchFlags::READABLE)),
+        Delivery::Delivered
+    );
+    assert!(w.fd().is_none());
+}
+
+/// C9: a timeout disabled and enabled again inside a callback must still restart its period,
+/// although the two toggles coalesce: the glue hears one `toggled` with the timeout enabled.
+#[test]
+fn c9_off_and_on_inside_a_callback_still_restarts_a_timeout() {
+    let events = log();
+    let list = Arc::new(TimeoutList::new());
+    let (a, b) = (timeout(100), timeout(200));
+    list.add(&a).unwrap();
+    let (l, a2) = (Arc::downgrade(&list), a.clone());
+    let glue = Glue::<Timeout>::new("t", &events).hook(move |call, t| {
+        if call == "add" && t.interval() == Duration::from_millis(200) {
+            let list = l.upgrade().unwrap();
+            list.toggle(&a2, false).unwrap();
+            list.toggle(&a2, true).unwrap();
+        }
+    });
+    list.set_functions(Some(Box::new(glue))).unwrap();
+    take(&events);
+    list.add(&b).unwrap();
+    assert_eq!(take(&events), ["t.add 200ms on", "t.toggled 100ms on"]);
+
+    // Watches have no period: their off-and-on still reaches the glue as nothing.
+    let events = log();
+    let watches = Arc::new(WatchList::new());
+    let (w1, w2) = (watch(1), watch(2));
+    watches.add(&w1).unwrap();
+    let (l, w1c) = (Arc::downgrade(&watches), w1.clone());
+    let glue = Glue::<Watch>::new("w", &events).hook(move |call, w| {
+        if call == "add" && w.fd() == Some(2) {
+            let list = l.upgrade().unwrap();
+            list.toggle(&w1c, false).unwrap();
+            list.toggle(&w1c, true).unwrap();
+        }
+    });
+    watches.set_functions(Some(Box::new(glue))).unwrap();
+    take(&events);
+    watches.add(&w2).unwrap();
+    assert_eq!(take(&events), ["w.add 2 on"]);
+}
+
+/// C9/C10: `TimeoutList::restart` changes the interval and restarts the period; the glue
+/// hears `toggled` with the new interval, also when the timeout was enabled already, and
+/// also when it is called from inside a callback.
+#[test]
+fn c10_restart_changes_the_interval_through_toggled() {
+    let events = log();
+    let list = Arc::new(TimeoutList::new());
+    let t = timeout(100);
+    list.add(&t).unwrap();
+    list.set_functions(Some(Box::new(Glue::<Timeout>::new("t", &events))))
+        .unwrap();
+    list.restart(&t, Duration::from_millis(300)).unwrap();
+    list.toggle(&t, false).unwrap();
+    list.restart(&t, Duration::from_millis(50)).unwrap();
+    assert_eq!(
+        take(&events),
+        [
+            "t.add 100ms on",
+            "t.toggled 300ms on",
+            "t.toggled 300ms off",
+            "t.toggled 50ms on"
+        ]
+    );
+    // From inside a callback, a disable then a restart coalesce into one restart.
+    let other = timeout(7);
+    let (l, t2) = (Arc::downgrade(&list), t.clone());
+    let hooked = Glue::<Timeout>::new("u", &events).hook(move |call, x| {
+        if call == "add" && x.interval() == Duration::from_millis(7) {
+            let list = l.upgrade().unwrap();
+            list.toggle(&t2, false).unwrap();
+            list.restart(&t2, Duration::from_millis(60)).unwrap();
+        }
+    });
+    list.set_functions(Some(Box::new(hooked))).unwrap();
+    take(&events);
+    list.add(&other).unwrap();
+    assert_eq!(take(&events), ["u.add 7ms on", "u.toggled 60ms on"]);
+    // A removed timeout is left alone; a fresh one takes the interval.
+    list.remove(&t).unwrap();
+    list.restart(&t, Duration::from_millis(1)).unwrap();
+    assert_eq!(take(&events), ["u.remove 60ms"]);
+    let fresh = Timeout::new_disabled(Duration::from_millis(5), || {});
+    list.restart(&fresh, Duration::MAX).unwrap();
+    assert!(fresh.is_enabled());
+    assert_eq!(
+        fresh.interval(),
+        Duration::MAX,
+        "huge intervals read back as never"
+    );
+}
+
+/// C11: inside a callback, after a nested `remove` returned, `len`, `objects` and `contains`
+/// tell the same bookkeeping.
+#[test]
+fn c11_len_objects_and_contains_agree_inside_callbacks() {
+    let events = log();
+    let list = Arc::new(WatchList::new());
+    let (a, b, c) = (watch(1), watch(2), watch(3));
+    list.add(&a).unwrap();
+    list.add(&b).unwrap();
+    let seen: Arc<Mutex<Vec<(usize, Vec<Watch>, bool)>>> = Arc::default();
+    let (l, b2, s) = (Arc::downgrade(&list), b.clone(), Arc::clone(&seen));
+    let glue = Glue::<Watch>::new("w", &events).hook(move |call, w| {
+        if call == "add" && w.fd() == Some(3) {
+            let list = l.upgrade().unwrap();
+            list.remove(&b2).unwrap();
+            s.lock()
+                .unwrap()
+                .push((list.len(), list.objects(), list.contains(&b2)));
+        }
+    });
+    list.set_functions(Some(Box::new(glue))).unwrap();
+    list.add(&c).unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let (len, objects, contains) = &seen[0];
+    assert!(!contains);
+    assert_eq!(objects, &[a.clone(), c.clone()]);
+    assert_eq!(*len, objects.len());
+    assert_eq!(list.len(), 2);
+    assert_eq!(list.objects(), [a, c]);
+}
+
+/// C14: `Source::clear_functions` (what every glue's detach runs) finishes every step when
+/// one panics — a watch set whose free-data panics still leaves the timeout set uninstalled —
+/// and re-raises the panic at the end.
+#[test]
+fn c14_clear_functions_finishes_every_step_then_panics() {
+    use loopglue::{SetFunctionsError, Source, SourceData, TimeoutFunctions};
+    struct Pair {
+        watches: WatchList,
+        timeouts: TimeoutList,
+        data: SourceData,
+    }
+    impl Source for Pair {
+        fn data(&self) -> &SourceData {
+            &self.data
+        }
+        fn set_watch_functions(
+            &self,
+            f: Option<Box<dyn WatchFunctions>>,
+        ) -> Result<(), SetFunctionsError<dyn WatchFunctions>> {
+            self.watches.set_functions(f)
+        }
+        fn set_timeout_functions(
+            &self,
+            f: Option<Box<dyn TimeoutFunctions>>,
+        ) -> Result<(), SetFunctionsError<dyn TimeoutFunctions>> {
+            self.timeouts.set_functions(f)
+        }
+    }
+    let events = log();
+    let pair = Pair {
+        watches: WatchList::new(),
+        timeouts: TimeoutList::new(),
+        data: SourceData::new(),
+    };
+    pair.watches.add(&watch(1)).unwrap();
+    pair.timeouts.add(&timeout(10)).unwrap();
+    pair.set_functions(
+        Box::new(Glue::<Watch>::new("w", &events).panic_in("free")),
+        Box::new(Glue::<Timeout>::new("t", &events)),
+    )
+    .unwrap();
+    take(&events);
+    assert!(panics(|| {
+        let _ = pair.clear_functions();
+    }));
+    assert!(!pair.watches.has_functions());
+    assert!(
+        !pair.timeouts.has_functions(),
+        "the timeout set was left installed"
+    );
+    assert_eq!(
+        take(&events),
+        ["w.remove 1", "w.free", "t.remove 10ms", "t.free"]
+    );
+}

@@ -345,22 +345,3 @@ fn dispatch_runs_for_work_posted_from_another_thread() {
         woken_by(backend, b"posted", |peer| peer.post(b"posted"));
     }
 }
-
-/// Issue 7.1: a source attached through one cheap handle and detached through another clone
-/// is found by its identity (`Source::data().id()`), so the loop keeps nothing.
-#[test]
-fn detach_by_a_clone_releases_the_source() {
-    for backend in backends() {
-        let lp = MainLoop::with_backend(backend).unwrap();
-        for _ in 0..10_000 {
-            let (ours, _theirs) = UnixStream::pair().unwrap();
-            let peer = SocketPeer::new(ours, 4096).unwrap();
-            lp.attach(Arc::new(peer.clone())).unwrap();
-            let other_clone = peer.clone();
-            lp.detach(&other_clone).unwrap();
-            peer.close();
-        }
-        assert_eq!(lp.sources(), 0, "{backend:?}");
-        assert_eq!(lp.registered_fds(), 0, "{backend:?}");
-    }
-}

@@ -261,19 +261,3 @@ fn poll_fds_drops_a_closed_fd_instead_of_spinning() {
     assert_eq!(mock.take_log(), [MockEvent::FdClosed { fd }], "logged once");
     watches.remove(&w).unwrap();
 }
-
-/// Issue 7.1: detaching through another clone of a cheap handle releases the source.
-#[test]
-fn detach_by_a_clone_releases_the_source() {
-    let mock = MockLoop::new();
-    for _ in 0..10_000 {
-        let (ours, _theirs) = UnixStream::pair().unwrap();
-        let peer = loopglue::testing::SocketPeer::new(ours, 4096).unwrap();
-        mock.attach(Arc::new(peer.clone())).unwrap();
-        let other_clone = peer.clone();
-        mock.detach(&other_clone).unwrap();
-        peer.close();
-    }
-    assert_eq!(mock.sources(), 0);
-    assert!(mock.watches().is_empty());
-}
