@@ -1313,7 +1313,8 @@ fn c11_len_objects_and_contains_agree_inside_callbacks() {
     let (a, b, c) = (watch(1), watch(2), watch(3));
     list.add(&a).unwrap();
     list.add(&b).unwrap();
-    let seen: Arc<Mutex<Vec<(usize, Vec<Watch>, bool)>>> = Arc::default();
+    type Seen = (usize, Vec<Watch>, bool); // len, objects, contains
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let (l, b2, s) = (Arc::downgrade(&list), b.clone(), Arc::clone(&seen));
     let glue = Glue::<Watch>::new("w", &events).hook(move |call, w| {
         if call == "add" && w.fd() == Some(3) {
