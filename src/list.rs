@@ -173,7 +173,8 @@ struct Node<O> {
 
 enum Op<O> {
     Add(O),
-    Remove(O),
+    /// The object, and whether its removal waits for handlers on other threads.
+    Remove(O, bool),
     Toggle(O),
 }
 
@@ -376,6 +377,14 @@ impl<O: Object> ObjectList<O> {
     /// invalidates it (C4): from now on its `handle` does nothing, and once the glue's `remove`
     /// returns its fd and flags are gone. Close the fd only after this returns (C15).
     ///
+    /// Before returning, it waits for calls of the object's handler that are running on other
+    /// threads (a `handle` that started before the removal), like Linux's `del_timer_sync`,
+    /// so that no handler reads the fd once the producer closes it. A handler running on the
+    /// calling thread — one that removes its own object — is not waited for. So do not call it
+    /// while holding a lock that the object's handler takes, or use
+    /// [`remove_nowait`](Self::remove_nowait). Called from inside one of this list's own
+    /// function-set callbacks, the wait happens when the outermost call into the list returns.
+    ///
     /// Removing an object that was already removed does nothing.
     ///
     /// # Errors
@@ -388,6 +397,29 @@ impl<O: Object> ObjectList<O> {
     #[doc(alias = "_dbus_watch_list_remove_watch")]
     #[doc(alias = "_dbus_timeout_list_remove_timeout")]
     pub fn remove(&self, object: &O) -> Result<(), Error> {
+        self.remove_object(object, true)
+    }
+
+    /// Like [`remove`](Self::remove), but does not wait for handler calls running on other
+    /// threads: after it returns, a handler that had already started may still be running.
+    ///
+    /// For producers whose handlers take a lock that the producer holds while it removes
+    /// objects — libdbus calls its remove functions with its connection lock held, and
+    /// `dbus_watch_handle` takes that lock — where waiting would deadlock; such a producer
+    /// makes its own guarantee that a late handler does no harm.
+    ///
+    /// # Errors
+    ///
+    /// As [`remove`](Self::remove).
+    ///
+    /// # Panics
+    ///
+    /// As [`remove`](Self::remove).
+    pub fn remove_nowait(&self, object: &O) -> Result<(), Error> {
+        self.remove_object(object, false)
+    }
+
+    fn remove_object(&self, object: &O, wait: bool) -> Result<(), Error> {
         let core = object.core();
         let (state, owner) = match self.enter() {
             Entry::Owner(state) => (state, true),
@@ -405,7 +437,7 @@ impl<O: Object> ObjectList<O> {
         let mut state = state;
         core.set_phase(Phase::Detaching);
         state.members -= 1;
-        self.run(state, Op::Remove(object.clone()), owner)
+        self.run(state, Op::Remove(object.clone(), wait), owner)
             .map_err(Error::Refused)
     }
 
@@ -744,7 +776,7 @@ impl<O: Object> ObjectList<O> {
                     }
                 }
             }
-            Op::Remove(object) => {
+            Op::Remove(object, wait) => {
                 let Some(key) = state.key_of(self.id, &object) else {
                     return (state, outcome);
                 };
@@ -763,7 +795,9 @@ impl<O: Object> ObjectList<O> {
                 core.set_owner(0);
                 core.set_phase(Phase::Invalid);
                 trash.release(core, scope.set);
-                trash.removed.push(object);
+                if wait {
+                    trash.removed.push(object);
+                }
             }
             Op::Toggle(object) => {
                 let Some(key) = state.key_of(self.id, &object) else {

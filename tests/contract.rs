@@ -1392,3 +1392,29 @@ fn c14_clear_functions_finishes_every_step_then_panics() {
         ["w.remove 1", "w.free", "t.remove 10ms", "t.free"]
     );
 }
+
+/// C4: `remove_nowait` is for producers whose handlers take a lock held while removing
+/// (libdbus): it returns although a handler is still running on another thread.
+#[test]
+fn c4_remove_nowait_does_not_wait_for_a_running_handler() {
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let w = Watch::new(3, WatchFlags::READABLE, move |_| {
+        entered_tx.send(()).unwrap();
+        go_rx.lock().unwrap().recv().unwrap();
+    });
+    let list = Arc::new(WatchList::new());
+    list.add(&w).unwrap();
+    let handler = {
+        let w = w.clone();
+        std::thread::spawn(move || w.handle(WatchFlags::READABLE))
+    };
+    entered_rx.recv().unwrap();
+    let (l, w2) = (Arc::clone(&list), w.clone());
+    bounded(move || l.remove_nowait(&w2).unwrap());
+    assert!(w.fd().is_none());
+    assert_eq!(w.handle(WatchFlags::READABLE), Delivery::Removed);
+    go_tx.send(()).unwrap();
+    assert_eq!(handler.join().unwrap(), Delivery::Delivered);
+}
