@@ -22,7 +22,7 @@
 //! every method may be called from inside every callback (libdbus deadlocks), every object
 //! may be used from any thread, a panic in a callback leaves everything consistent, glue data
 //! belongs to the function set that stored it, and `handle` on a removed object is harmless.
-//! The numbered rules (C1…C18) that the tests cite are in the repository's design notes.
+//! The numbered rules (C1…C18) that glue may rely on and the tests cite are in [`contract`].
 //!
 //! # The whole flow
 //!
@@ -97,6 +97,7 @@ mod timeout;
 mod wakeup;
 mod watch;
 
+pub mod contract;
 pub mod main_loop;
 pub mod net;
 pub mod testing;
