@@ -363,11 +363,17 @@ impl<O: Object> ObjectList<O> {
             }
             Phase::Invalid => return self.leave(state, Err(Error::Removed), owner),
         }
+        let Ok(key) = u32::try_from(state.nodes.vacant_key()) else {
+            // Objects keep their key in 32 bits: 2^32 objects would take hundreds of GiB.
+            let full = io::Error::new(io::ErrorKind::OutOfMemory, "the list holds 2^32 objects");
+            return self.leave(state, Err(Error::Refused(full)), owner);
+        };
         if !core.claim() {
             // Another list took it between our look and our claim.
             return self.leave(state, Err(Error::ForeignObject), owner);
         }
-        let key = state.link(object.clone());
+        let linked = state.link(object.clone());
+        debug_assert_eq!(linked, key as usize);
         core.join(self.id, key);
         self.run(state, Op::Add(object.clone()), owner)
             .map_err(Error::Refused)

@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
@@ -80,10 +80,10 @@ pub struct ObjectCore {
     arms: AtomicU32,
     /// `handle` calls of this object in progress, on any thread: `remove` waits for those on
     /// other threads (C4, C15).
-    running: AtomicUsize,
+    running: AtomicU32,
     /// The list that tracks this object, and its key there; written under that list's lock.
     list: AtomicU64,
-    key: AtomicUsize,
+    key: AtomicU32,
     /// The set whose `add` accepted this object and whose `remove` has not run yet: its data
     /// slot is the one glue code outside any callback sees.
     owner: AtomicU64,
@@ -99,9 +99,9 @@ impl ObjectCore {
             phase: AtomicU8::new(Phase::Fresh as u8),
             enabled: AtomicBool::new(enabled),
             arms: AtomicU32::new(0),
-            running: AtomicUsize::new(0),
+            running: AtomicU32::new(0),
             list: AtomicU64::new(0),
-            key: AtomicUsize::new(0),
+            key: AtomicU32::new(0),
             owner: AtomicU64::new(0),
             data: Mutex::new(Vec::new()),
         }
@@ -156,6 +156,7 @@ impl ObjectCore {
     /// already be detaching, so no new call starts.
     pub(crate) fn wait_for_handlers(&self) {
         let own = HANDLING.with(|ids| ids.borrow().iter().filter(|&&id| id == self.id).count());
+        let own = u32::try_from(own).unwrap_or(u32::MAX);
         if self.running.load(Ordering::SeqCst) <= own {
             return; // the usual case: nobody else is in a handler of this object
         }
@@ -206,11 +207,11 @@ impl ObjectCore {
 
     #[inline]
     pub(crate) fn key(&self) -> usize {
-        self.key.load(Ordering::Acquire)
+        self.key.load(Ordering::Acquire) as usize
     }
 
     #[inline]
-    pub(crate) fn join(&self, list: u64, key: usize) {
+    pub(crate) fn join(&self, list: u64, key: u32) {
         self.key.store(key, Ordering::Release);
         self.list.store(list, Ordering::Release);
     }
