@@ -98,6 +98,7 @@ mod wakeup;
 mod watch;
 
 pub mod contract;
+pub mod handles;
 pub mod main_loop;
 pub mod net;
 pub mod testing;
