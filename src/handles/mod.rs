@@ -51,9 +51,10 @@
 //! counted from now, even if `n` is unchanged (both libvirt implementations restart it);
 //! `-1` disables it; the timer keeps firing every period until disabled or removed
 //! (fixed-delay: the next period starts when the callback is called, C10; libvirt's poll loop
-//! also never catches up on missed periods). A period is a loopglue [`Timeout`](crate::Timeout):
-//! an unchanged period restarts it by toggling it off and on (C9); a new period replaces it
-//! (the old one is disabled at once and leaves its list from `dispatch`).
+//! also never catches up on missed periods). A timer is one loopglue [`Timeout`](crate::Timeout)
+//! for its whole life, re-armed with [`TimeoutList::restart`](crate::TimeoutList::restart)
+//! (one call to the glue, which hears `toggled` with the new interval) and disabled for `-1`
+//! and `0`.
 //!
 //! **Interval 0: "fire on every loop iteration".** libvirt's loops make a 0 timer ready at once
 //! on every iteration, so while one is enabled the loop never blocks: it spins. libvirt itself
@@ -73,14 +74,15 @@
 //!
 //! **Removal and the free function.** `removeHandle` / `removeTimeout` may be called from any
 //! thread and from inside any callback, the handle's own included. After they return no call
-//! of the callback starts and the fd is no longer polled (the watches are disabled at once).
-//! They do **not** wait for a call already running on another thread: libvirt removes a
-//! socket's handle with the socket's lock held, and the socket's callback takes that lock, so
-//! a waiting removal deadlocks (libvirt's own loops do not wait either; its callbacks re-check
-//! their state under their lock). The free function — libvirt's `ff`, here the drop of the
-//! callback closure — runs exactly once, later, on the loop's thread with no lock held: from
-//! the table's `dispatch`, after the watches and timeouts have left their lists (which waits
-//! for any call of them still running). It must not run inside the removal: `ff` typically
+//! of the callback starts and the fd is no longer polled (the watches leave their list at
+//! once, through [`remove_nowait`](crate::ObjectList::remove_nowait)). They do **not** wait
+//! for a call already running on another thread: libvirt removes a socket's handle with the
+//! socket's lock held, and the socket's callback takes that lock, so a waiting removal
+//! deadlocks (libvirt's own loops do not wait either; its callbacks re-check their state
+//! under their lock). The free function — libvirt's `ff`, here the drop of the callback
+//! closure — runs exactly once, later, with no lock held: from the table's `dispatch` on the
+//! loop's thread, or when a call still running on another thread returns, whichever comes
+//! last. It must not run inside the removal: `ff` typically
 //! takes the lock the remover holds (libvirt's socket `ff` does), which self-deadlocks.
 //! libvirt's GLib loop and libvirt-glib defer it the same way, to an idle source. Frees queued
 //! while the table is attached to no loop run once it is attached, or when it is dropped.

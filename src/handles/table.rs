@@ -6,6 +6,7 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -34,9 +35,10 @@ type StatusFn = Arc<dyn Fn(DispatchStatus) + Send + Sync>;
 /// A handle is two watches on its fd, one [`READABLE`](WatchFlags::READABLE) and one
 /// [`WRITABLE`](WatchFlags::WRITABLE), enabled as its event mask says (glue merges them into
 /// one registration per fd, C18), plus, only for a mask of `ERROR`/`HANGUP` alone, a watch
-/// that asks for nothing and so hears only errors and hang-ups. A timer with a period is a
-/// [`Timeout`]; a timer that fires on every iteration is run from
-/// [`dispatch`](Source::dispatch). The table is a cheap handle: clones share one table, so
+/// that asks for nothing and so hears only errors and hang-ups. A timer is a [`Timeout`],
+/// enabled while it has a period and re-armed with
+/// [`TimeoutList::restart`](crate::TimeoutList::restart); a timer that fires on every
+/// iteration is run from [`dispatch`](Source::dispatch). The table is a cheap handle: clones share one table, so
 /// attach a clone to the loop and keep (or register) another.
 ///
 /// See the [module docs](super) for the semantics, which are libvirt's.
@@ -99,8 +101,8 @@ struct State {
     timers: HashMap<i32, Timer>,
     handle_ids: IdCounter,
     timer_ids: IdCounter,
-    /// What removals left for `dispatch`: objects to take out of their lists, then callbacks
-    /// to drop (libvirt's free functions), in order.
+    /// Callbacks of removed handles and timers, to drop (libvirt's free functions) from
+    /// `dispatch`.
     retired: Vec<Retired>,
     /// How many timers are [`TimerInterval::EachIteration`].
     each_iteration: usize,
@@ -127,19 +129,13 @@ struct Handle {
 
 struct Timer {
     interval: TimerInterval,
-    /// The timeout behind a period, if the timer ever had one.
-    timeout: Option<Timeout>,
-    /// Bumped whenever `timeout` is replaced, so a replaced timeout that still fires before
-    /// its removal is recognised and ignored.
-    generation: u64,
+    /// Enabled while `interval` is a period, with that period.
+    timeout: Timeout,
     callback: SharedTimerCallback,
 }
 
-enum Retired {
-    Watch(Watch),
-    Timeout(Timeout),
-    Callback(Box<dyn Any + Send + Sync>),
-}
+/// A removed handle's or timer's callback, waiting to be dropped.
+type Retired = Box<dyn Any + Send + Sync>;
 
 impl State {
     fn status(&self) -> DispatchStatus {
@@ -158,33 +154,40 @@ impl State {
     }
 
     /// Something of the table ran this round: every-iteration timers are due at its end.
-    fn mark_iteration(&mut self) {
+    /// Returns whether the glue must be told.
+    fn mark_iteration(&mut self) -> bool {
         if self.each_iteration > 0 {
             self.iteration_due = true;
         }
+        self.iteration_due && !self.announced
     }
 
-    fn set_interval(&mut self, id: i32, interval: TimerInterval) -> Option<TimerInterval> {
+    /// Sets a live timer's interval, keeping the every-iteration count; `None` if the id is
+    /// not live.
+    fn set_interval(&mut self, id: i32, interval: TimerInterval) -> Option<Timeout> {
         let timer = self.timers.get_mut(&id)?;
         let was = std::mem::replace(&mut timer.interval, interval);
-        match (
-            was == TimerInterval::EachIteration,
-            interval == TimerInterval::EachIteration,
-        ) {
+        let timeout = timer.timeout.clone();
+        let each = TimerInterval::EachIteration;
+        match (was == each, interval == each) {
             (true, false) => self.each_iteration -= 1,
-            (false, true) => self.each_iteration += 1,
-            _ => {}
+            (false, true) => {
+                self.each_iteration += 1;
+                self.iteration_due = true;
+            }
+            (true, true) => self.iteration_due = true,
+            (false, false) => {}
         }
-        Some(was)
+        Some(timeout)
     }
 }
 
 /// Which of a handle's watches a mask enables: readable, writable, alarm.
-fn wanted(events: WatchFlags) -> (bool, bool, bool) {
+fn wanted(events: WatchFlags) -> [bool; 3] {
     let readable = events.contains(WatchFlags::READABLE);
     let writable = events.contains(WatchFlags::WRITABLE);
     let alarm = !readable && !writable && events.intersects(WatchFlags::ALWAYS);
-    (readable, writable, alarm)
+    [readable, writable, alarm]
 }
 
 impl HandleTable {
@@ -224,7 +227,7 @@ impl HandleTable {
                 .next(|id| handles.contains_key(&id), handles.len())
                 .ok_or(EventError::IdsExhausted)?
         };
-        let (want_read, want_write, want_alarm) = wanted(events);
+        let [want_read, want_write, want_alarm] = wanted(events);
         let readable = self.handle_watch(id, fd, WatchFlags::READABLE, want_read);
         let writable = self.handle_watch(id, fd, WatchFlags::WRITABLE, want_write);
         let alarm = want_alarm.then(|| self.handle_watch(id, fd, WatchFlags::empty(), true));
@@ -247,19 +250,13 @@ impl HandleTable {
             .flatten()
         {
             if let Err(error) = shared.watches.add(&watch) {
-                // Undone as a removal is: out of the table, so no call starts; disabled, so
-                // the fd is no longer polled when this returns; out of the list later.
+                // Out of the table first, so that no call starts; then out of the loop, not
+                // waiting for a report in progress (it finds no handle and runs nothing).
                 let handle = shared.state.lock().handles.remove(&id);
                 for watch in &added {
-                    let _ = shared.watches.toggle(watch, false);
+                    let _ = shared.watches.remove_nowait(watch);
                 }
-                shared
-                    .state
-                    .lock()
-                    .retired
-                    .extend(added.into_iter().map(Retired::Watch));
                 drop(handle);
-                self.sync_status();
                 return Err(EventError::Refused(error));
             }
             added.push(watch);
@@ -303,14 +300,14 @@ impl HandleTable {
 
     /// Brings the handle's watches in line with its mask. Two threads updating one handle at
     /// once may toggle in either order, so each re-reads the mask after toggling and goes
-    /// again if it moved: the last mask set always wins.
+    /// again if it moved: the last mask set wins.
     fn settle_handle(&self, id: i32) -> Result<(), EventError> {
         let shared = &self.shared;
         loop {
             let (events, fd, watches) = {
                 let state = shared.state.lock();
                 let Some(handle) = state.handles.get(&id) else {
-                    return Ok(());
+                    return Ok(()); // removed: its watches are gone, toggles on them no-ops
                 };
                 (
                     handle.events,
@@ -322,20 +319,21 @@ impl HandleTable {
                     ],
                 )
             };
-            let (want_read, want_write, want_alarm) = wanted(events);
-            if want_alarm && watches[2].is_none() {
+            let want = wanted(events);
+            if want[2] && watches[2].is_none() {
                 let alarm = self.handle_watch(id, fd, WatchFlags::empty(), false);
                 shared.watches.add(&alarm).map_err(EventError::Refused)?;
                 let mut state = shared.state.lock();
                 match state.handles.get_mut(&id) {
                     Some(handle) if handle.alarm.is_none() => handle.alarm = Some(alarm),
-                    _ => state.retired.push(Retired::Watch(alarm)),
+                    _ => {
+                        drop(state);
+                        let _ = shared.watches.remove_nowait(&alarm);
+                    }
                 }
-                drop(state);
-                self.sync_status();
                 continue;
             }
-            for (watch, want) in watches.iter().zip([want_read, want_write, want_alarm]) {
+            for (watch, want) in watches.iter().zip(want) {
                 if let Some(watch) = watch {
                     if watch.is_enabled() != want {
                         let _ = shared.watches.toggle(watch, want);
@@ -344,16 +342,8 @@ impl HandleTable {
             }
             let state = shared.state.lock();
             match state.handles.get(&id) {
-                Some(handle) if handle.events == events => return Ok(()),
-                Some(_) => continue,
-                None => {
-                    // Removed while we toggled: make sure nothing we enabled stays polled.
-                    drop(state);
-                    for watch in watches.iter().flatten() {
-                        let _ = shared.watches.toggle(watch, false);
-                    }
-                    return Ok(());
-                }
+                Some(handle) if handle.events != events => continue,
+                _ => return Ok(()),
             }
         }
     }
@@ -361,12 +351,12 @@ impl HandleTable {
     /// Stops watching handle `id` — libvirt's `removeHandle`. See
     /// [`EventImpl::remove_handle`].
     ///
-    /// The fd stops being polled before this returns (its watches are disabled), and no call
-    /// of the callback starts afterwards; a call already running on another thread is not
-    /// waited for — libvirt removes handles with locks held that their callbacks take, so
-    /// waiting would deadlock. The watches leave their list and the callback is dropped (the
-    /// free function runs) later, from [`dispatch`](Source::dispatch) on the loop's thread
-    /// with no lock held, after any call of them has returned.
+    /// When this returns the fd is no longer polled and no call of the callback starts; a
+    /// call already running on another thread is not waited for — libvirt removes handles
+    /// with locks held that their callbacks take, so waiting would deadlock. The callback is
+    /// dropped (the free function runs) later, from [`dispatch`](Source::dispatch) on the
+    /// loop's thread with no lock held, or when a call still running returns, whichever is
+    /// last.
     ///
     /// # Errors
     ///
@@ -380,20 +370,17 @@ impl HandleTable {
             .handles
             .remove(&id.get())
             .ok_or(EventError::UnknownHandle(id))?;
-        let watches = [Some(handle.readable), Some(handle.writable), handle.alarm];
-        for watch in watches.iter().flatten() {
-            let _ = shared.watches.toggle(watch, false);
-        }
+        for watch in [
+            Some(&handle.readable),
+            Some(&handle.writable),
+            handle.alarm.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
         {
-            let mut state = shared.state.lock();
-            state
-                .retired
-                .extend(watches.into_iter().flatten().map(Retired::Watch));
-            state
-                .retired
-                .push(Retired::Callback(Box::new(handle.callback)));
+            let _ = shared.watches.remove_nowait(watch);
         }
-        self.sync_status();
+        self.retire(Box::new(handle.callback));
         Ok(())
     }
 
@@ -412,7 +399,7 @@ impl HandleTable {
     ) -> Result<TimerId, EventError> {
         let shared = &self.shared;
         let interval = interval.normalized();
-        let timeout = {
+        let (id, timeout) = {
             let mut state = shared.state.lock();
             let state = &mut *state;
             let timers = &state.timers;
@@ -420,145 +407,79 @@ impl HandleTable {
                 .timer_ids
                 .next(|id| timers.contains_key(&id), timers.len())
                 .ok_or(EventError::IdsExhausted)?;
+            let weak = Arc::downgrade(&self.shared);
+            let handler = move || Shared::fire_timer(&weak, id);
             let timeout = match interval {
-                TimerInterval::Period(period) => Some(self.timer_timeout(id, 0, period)),
-                _ => None,
+                TimerInterval::Period(period) => Timeout::new(period, handler),
+                // "Never" until a period is set (C10: saturates, never overflows).
+                _ => Timeout::new_disabled(Duration::MAX, handler),
             };
             state.timers.insert(
                 id,
                 Timer {
                     interval: TimerInterval::Off,
                     timeout: timeout.clone(),
-                    generation: 0,
                     callback: Arc::from(callback),
                 },
             );
             state.set_interval(id, interval);
-            if interval == TimerInterval::EachIteration {
-                state.iteration_due = true;
-            }
             (id, timeout)
         };
-        let (id, timeout) = timeout;
-        if let Some(timeout) = timeout {
-            if let Err(error) = shared.timeouts.add(&timeout) {
-                let timer = shared.state.lock().timers.remove(&id);
-                drop(timer);
-                return Err(EventError::Refused(error));
-            }
+        if let Err(error) = shared.timeouts.add(&timeout) {
+            let timer = {
+                let mut state = shared.state.lock();
+                state.set_interval(id, TimerInterval::Off);
+                state.timers.remove(&id)
+            };
+            drop(timer);
+            return Err(EventError::Refused(error));
         }
-        if interval == TimerInterval::EachIteration {
-            self.sync_status();
-        }
+        self.sync_status();
         Ok(TimerId::from_raw(id))
     }
 
-    fn timer_timeout(&self, id: i32, generation: u64, period: std::time::Duration) -> Timeout {
-        let shared = Arc::downgrade(&self.shared);
-        Timeout::new(period, move || Shared::fire_timer(&shared, id, generation))
-    }
-
-    /// Re-arms timer `id` — libvirt's `updateTimeout`. See [`EventImpl::update_timeout`].
+    /// Re-arms timer `id` — libvirt's `updateTimeout`. See [`EventImpl::update_timeout`]. A
+    /// period is set with [`TimeoutList::restart`](crate::TimeoutList::restart): one call to
+    /// the glue, whether the period changed or not.
     ///
     /// # Errors
     ///
-    /// [`EventError::UnknownTimer`]; [`EventError::Refused`] if the loop refused the timeout
-    /// behind a new period (the timer is then off).
+    /// [`EventError::UnknownTimer`].
     #[doc(alias = "virEventUpdateTimeout")]
     pub fn update_timeout(&self, id: TimerId, interval: TimerInterval) -> Result<(), EventError> {
         let shared = &self.shared;
         let interval = interval.normalized();
-        enum Step {
-            Restart(Timeout),
-            Replace(Option<Timeout>, Timeout),
-            Disable(Option<Timeout>),
-        }
-        let step = {
-            let mut state = shared.state.lock();
-            let state = &mut *state;
-            state
-                .set_interval(id.get(), interval)
-                .ok_or(EventError::UnknownTimer(id))?;
-            if interval == TimerInterval::EachIteration {
-                state.iteration_due = true;
-            }
-            let Some(timer) = state.timers.get_mut(&id.get()) else {
-                return Err(EventError::UnknownTimer(id));
-            };
-            match interval {
-                TimerInterval::Period(period) => match &timer.timeout {
-                    Some(timeout) if timeout.interval() == period => Step::Restart(timeout.clone()),
-                    _ => {
-                        timer.generation += 1;
-                        let new = self.timer_timeout(id.get(), timer.generation, period);
-                        Step::Replace(timer.timeout.replace(new.clone()), new)
-                    }
-                },
-                _ => Step::Disable(timer.timeout.clone()),
-            }
-        };
-        let mut outcome = Ok(());
-        match step {
-            Step::Restart(timeout) => {
-                // An enable restarts the period from now (C9).
-                let _ = shared.timeouts.toggle(&timeout, false);
-                let _ = shared.timeouts.toggle(&timeout, true);
-            }
-            Step::Replace(old, new) => {
-                if let Some(old) = old {
-                    let _ = shared.timeouts.toggle(&old, false);
-                    shared.state.lock().retired.push(Retired::Timeout(old));
-                }
-                if let Err(error) = shared.timeouts.add(&new) {
-                    let mut state = shared.state.lock();
-                    if let Some(timer) = state.timers.get_mut(&id.get()) {
-                        if timer.timeout.as_ref() == Some(&new) {
-                            timer.timeout = None;
-                        }
-                    }
-                    drop(state);
-                    let _ = shared
-                        .state
-                        .lock()
-                        .set_interval(id.get(), TimerInterval::Off);
-                    outcome = Err(EventError::Refused(error));
-                }
-            }
-            Step::Disable(Some(timeout)) => {
-                let _ = shared.timeouts.toggle(&timeout, false);
-            }
-            Step::Disable(None) => {}
-        }
-        self.settle_timer(id.get());
-        self.sync_status();
-        outcome
-    }
-
-    /// Brings the timer's timeout in line with its interval after an update raced with
-    /// another: enabled exactly while the interval is that timeout's period.
-    fn settle_timer(&self, id: i32) {
-        let shared = &self.shared;
+        let timeout = shared
+            .state
+            .lock()
+            .set_interval(id.get(), interval)
+            .ok_or(EventError::UnknownTimer(id))?;
+        // Two threads updating one timer at once may reach the list in either order: act on
+        // the interval in the table, and go again if it moved meanwhile.
+        let mut restart = true;
+        let mut current = interval;
         loop {
-            let (interval, timeout) = {
-                let state = shared.state.lock();
-                match state.timers.get(&id) {
-                    Some(timer) => (timer.interval, timer.timeout.clone()),
-                    None => return,
+            match current {
+                TimerInterval::Period(period) => {
+                    if restart || !timeout.is_enabled() || timeout.interval() != period {
+                        let _ = shared.timeouts.restart(&timeout, period);
+                    }
                 }
-            };
-            let Some(timeout) = timeout else { return };
-            let want = matches!(interval, TimerInterval::Period(p) if p == timeout.interval());
-            if timeout.is_enabled() == want {
-                return;
+                _ => {
+                    if timeout.is_enabled() {
+                        let _ = shared.timeouts.toggle(&timeout, false);
+                    }
+                }
             }
-            let _ = shared.timeouts.toggle(&timeout, want);
+            restart = false;
             let state = shared.state.lock();
-            match state.timers.get(&id) {
-                Some(timer) if timer.interval == interval => return,
-                Some(_) => continue,
-                None => return,
+            match state.timers.get(&id.get()) {
+                Some(timer) if timer.interval != current => current = timer.interval,
+                _ => break,
             }
         }
+        self.sync_status();
+        Ok(())
     }
 
     /// Stops timer `id` — libvirt's `removeTimeout`; the free function runs later, as for
@@ -575,23 +496,19 @@ impl HandleTable {
             state
                 .set_interval(id.get(), TimerInterval::Off)
                 .ok_or(EventError::UnknownTimer(id))?;
-            let Some(timer) = state.timers.remove(&id.get()) else {
-                return Err(EventError::UnknownTimer(id));
-            };
-            timer
+            state.timers.remove(&id.get())
         };
-        if let Some(timeout) = &timer.timeout {
-            let _ = shared.timeouts.toggle(timeout, false);
+        if let Some(timer) = timer {
+            let _ = shared.timeouts.remove_nowait(&timer.timeout);
+            self.retire(Box::new(timer.callback));
         }
-        {
-            let mut state = shared.state.lock();
-            state.retired.extend(timer.timeout.map(Retired::Timeout));
-            state
-                .retired
-                .push(Retired::Callback(Box::new(timer.callback)));
-        }
-        self.sync_status();
         Ok(())
+    }
+
+    /// Queues a removed callback for `dispatch` to drop, and tells the glue.
+    fn retire(&self, callback: Retired) {
+        self.shared.state.lock().retired.push(callback);
+        self.sync_status();
     }
 
     /// How many handles are live (added and not removed).
@@ -604,8 +521,8 @@ impl HandleTable {
         self.shared.state.lock().timers.len()
     }
 
-    /// How many watches, timeouts and callbacks of removed handles and timers wait for
-    /// [`dispatch`](Source::dispatch) to take them out of their lists and drop them.
+    /// How many callbacks of removed handles and timers wait for
+    /// [`dispatch`](Source::dispatch) to drop them (to run their free functions).
     pub fn retired(&self) -> usize {
         self.shared.state.lock().retired.len()
     }
@@ -626,8 +543,8 @@ impl HandleTable {
     /// glue learns "complete" from `dispatch`'s answer, not from this function, so the flag
     /// that says what it knows is kept with the state it describes, under one lock: work
     /// queued after the glue was answered "complete" is always announced. (A notifier that
-    /// compared with what it last *told* would stay silent here after an in-flight
-    /// notification absorbed the "complete": the trial's lost frees.)
+    /// compared with what it last *told* stays silent here after an in-flight notification
+    /// absorbed the "complete": the trial's lost frees.)
     fn sync_status(&self) {
         let function = {
             let mut state = self.shared.state.lock();
@@ -652,12 +569,11 @@ impl Shared {
         let (callback, fd, wake) = {
             let mut state = shared.state.lock();
             let Some(handle) = state.handles.get(&id) else {
-                return; // removed: its watches only wait for `dispatch` to leave their list
+                return; // removed while this report was in flight
             };
             let callback = Arc::clone(&handle.callback);
             let fd = handle.fd;
-            state.mark_iteration();
-            (callback, fd, state.iteration_due && !state.announced)
+            (callback, fd, state.mark_iteration())
         };
         if wake {
             HandleTable { shared }.sync_status();
@@ -665,7 +581,7 @@ impl Shared {
         callback(HandleId::from_raw(id), fd, condition);
     }
 
-    fn fire_timer(shared: &Weak<Shared>, id: i32, generation: u64) {
+    fn fire_timer(shared: &Weak<Shared>, id: i32) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -674,13 +590,11 @@ impl Shared {
             let Some(timer) = state.timers.get(&id) else {
                 return;
             };
-            if timer.generation != generation || !matches!(timer.interval, TimerInterval::Period(_))
-            {
-                return; // a replaced timeout firing before its removal, or a stale firing
+            if !matches!(timer.interval, TimerInterval::Period(_)) {
+                return; // disabled while this firing was in flight
             }
             let callback = Arc::clone(&timer.callback);
-            state.mark_iteration();
-            (callback, state.iteration_due && !state.announced)
+            (callback, state.mark_iteration())
         };
         if wake {
             HandleTable { shared }.sync_status();
@@ -745,17 +659,16 @@ impl Source for HandleTable {
         drop(old);
     }
 
-    /// `DataRemains` while removed handles and timers wait to be freed, or timers that fire on
-    /// every iteration are due.
+    /// `DataRemains` while callbacks of removed handles and timers wait to be dropped, or
+    /// timers that fire on every iteration are due.
     fn dispatch_status(&self) -> DispatchStatus {
         self.shared.state.lock().tell()
     }
 
-    /// Takes the watches and timeouts of removed handles and timers out of their lists (this
-    /// waits for a call of them running on another thread), then drops their callbacks —
-    /// libvirt's free functions, run here with no lock held — and then fires the timers that
-    /// fire on every iteration, if they are due. One pass per call: a timer that re-arms
-    /// itself with `EachIteration` is due again on the next call.
+    /// Drops the callbacks of removed handles and timers — libvirt's free functions, run here
+    /// with no lock held — then fires the timers that fire on every iteration, if they are
+    /// due. One pass per call: a timer that re-arms itself with `EachIteration` is due again
+    /// on the next call.
     ///
     /// # Panics
     ///
@@ -764,16 +677,8 @@ impl Source for HandleTable {
         let shared = &self.shared;
         let mut steps = Steps::default();
         let retired = std::mem::take(&mut shared.state.lock().retired);
-        for retired in retired {
-            steps.run(|| match retired {
-                Retired::Watch(watch) => {
-                    let _ = shared.watches.remove(&watch);
-                }
-                Retired::Timeout(timeout) => {
-                    let _ = shared.timeouts.remove(&timeout);
-                }
-                Retired::Callback(callback) => drop(callback),
-            });
+        for callback in retired {
+            steps.run(|| drop(callback));
         }
         let due: Vec<(i32, SharedTimerCallback)> = {
             let mut state = shared.state.lock();
