@@ -99,6 +99,8 @@ mod watch;
 
 pub mod contract;
 pub mod handles;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod main_loop;
 pub mod net;
 pub mod testing;
