@@ -12,6 +12,11 @@
 //! Run: `cargo bench --features libvirt --bench libvirt`
 //! Knobs: `LOOPGLUE_LIBVIRT_ROUNDS` (default 7), `LOOPGLUE_LIBVIRT_CYCLES` (in-process,
 //! default 5000), `LOOPGLUE_LIBVIRT_REMOTE_CYCLES` (default 2000).
+//!
+//! On a busy machine wall and CPU time are noisy; `LOOPGLUE_LIBVIRT_INSTRUCTIONS=1` adds a
+//! load-independent count: user-space instructions per event under valgrind's callgrind
+//! (`apt-get install valgrind`), from runs of 200 and 600 cycles, so start-up cancels out.
+//! It counts no kernel work (both loops make about the same system calls per event).
 
 #[path = "../tests/libvirt_common/mod.rs"]
 mod libvirt_common;
@@ -63,7 +68,15 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// One measurement, in a process of its own: prints `RESULT <seconds> <events>`.
+/// CPU time (user + system) of this process, all threads.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+    let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+    Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time()))
+}
+
+/// One measurement, in a process of its own: prints `RESULT <wall s> <cpu s> <events>`.
 fn child(side: &str) {
     let uri = env::var("LOOPGLUE_LIBVIRT_URI").unwrap();
     let cycles = env_usize("LOOPGLUE_LIBVIRT_N", 1000);
@@ -82,17 +95,22 @@ fn child(side: &str) {
         }
     };
     let conn = Connection::open(&uri);
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_time());
     conn.cycles(&mut *lp, cycles);
-    let elapsed = start.elapsed();
+    let (elapsed, cpu) = (start.elapsed(), cpu_time() - cpu);
     let events = conn.events.lock().unwrap().len();
     assert_eq!(events, 2 * cycles);
-    println!("RESULT {} {}", elapsed.as_secs_f64(), events);
+    println!(
+        "RESULT {} {} {}",
+        elapsed.as_secs_f64(),
+        cpu.as_secs_f64(),
+        events
+    );
     conn.close();
 }
 
-/// Microseconds per event of one child run.
-fn measure(side: &str, uri: &str, cycles: usize) -> f64 {
+/// Microseconds per event of one child run: wall clock, and CPU time.
+fn measure(side: &str, uri: &str, cycles: usize) -> (f64, f64) {
     let out = Command::new(env::current_exe().unwrap())
         .env(SIDE, side)
         .env("LOOPGLUE_LIBVIRT_URI", uri)
@@ -111,9 +129,33 @@ fn measure(side: &str, uri: &str, cycles: usize) -> f64 {
             )
         });
     let mut fields = line.split_whitespace().skip(1);
-    let seconds: f64 = fields.next().unwrap().parse().unwrap();
-    let events: f64 = fields.next().unwrap().parse().unwrap();
-    seconds / events * 1e6
+    let mut next = || -> f64 { fields.next().unwrap().parse().unwrap() };
+    let (wall, cpu, events) = (next(), next(), next());
+    (wall / events * 1e6, cpu / events * 1e6)
+}
+
+/// User-space instructions of one child run under callgrind.
+fn instructions(side: &str, uri: &str, cycles: usize) -> f64 {
+    let out = Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(env::current_exe().unwrap())
+        .env(SIDE, side)
+        .env("LOOPGLUE_LIBVIRT_URI", uri)
+        .env("LOOPGLUE_LIBVIRT_N", cycles.to_string())
+        .output()
+        .expect("valgrind (apt-get install valgrind)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find_map(|l| l.split("Collected :").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no callgrind count: {stderr}"))
+}
+
+/// Instructions per event: the difference of a long and a short run, so start-up cancels.
+fn instructions_per_event(side: &str, uri: &str) -> f64 {
+    let (short, long) = (200, 600);
+    (instructions(side, uri, long) - instructions(side, uri, short)) / (2 * (long - short)) as f64
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -134,11 +176,14 @@ fn main() {
     let remote = env_usize("LOOPGLUE_LIBVIRT_REMOTE_CYCLES", 2000);
     let daemon = Daemon::start();
     println!(
-        "libvirt lifecycle events, median of {rounds} alternating runs (µs per event; lower is \
-         better)\n"
+        "libvirt lifecycle events, median of {rounds} alternating runs, µs per event (lower is \
+         better): wall clock, and CPU time of the whole process\n"
     );
-    println!("| driver | cycles | libvirt default impl | loopglue MainLoop | loopglue / libvirt |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| driver | cycles | libvirt default impl: wall | loopglue: wall | ratio | \
+         libvirt: CPU | loopglue: CPU | ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (label, uri, cycles) in [
         (
             "test:///default (in process)",
@@ -162,13 +207,39 @@ fn main() {
                 ours.push(measure("loopglue", &uri, cycles));
             }
         }
-        let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+        let column = |runs: &[(f64, f64)], cpu: bool| {
+            let mut v: Vec<f64> = runs.iter().map(|r| if cpu { r.1 } else { r.0 }).collect();
+            median(&mut v)
+        };
+        let (ours_wall, theirs_wall) = (column(&ours, false), column(&theirs, false));
+        let (ours_cpu, theirs_cpu) = (column(&ours, true), column(&theirs, true));
         println!(
-            "| {label} | {cycles} | {theirs:.2} ({:.0}/s) | {ours:.2} ({:.0}/s) | {:.3}x |",
-            1e6 / theirs,
-            1e6 / ours,
-            ours / theirs
+            "| {label} | {cycles} | {theirs_wall:.2} ({:.0}/s) | {ours_wall:.2} ({:.0}/s) | \
+             {:.3}x | {theirs_cpu:.2} | {ours_cpu:.2} | {:.3}x |",
+            1e6 / theirs_wall,
+            1e6 / ours_wall,
+            ours_wall / theirs_wall,
+            ours_cpu / theirs_cpu
         );
+    }
+    if env::var("LOOPGLUE_LIBVIRT_INSTRUCTIONS").is_ok_and(|v| v == "1") {
+        println!("\nuser-space instructions per event (callgrind; lower is better)\n");
+        println!("| driver | libvirt default impl | loopglue MainLoop | loopglue / libvirt |");
+        println!("|---|---:|---:|---:|");
+        for (label, uri) in [
+            (
+                "test:///default (in process)",
+                "test:///default".to_string(),
+            ),
+            ("remote, libvirtd over a Unix socket", daemon.uri.clone()),
+        ] {
+            let theirs = instructions_per_event("default", &uri);
+            let ours = instructions_per_event("loopglue", &uri);
+            println!(
+                "| {label} | {theirs:.0} | {ours:.0} | {:.3}x |",
+                ours / theirs
+            );
+        }
     }
     drop(daemon);
 }

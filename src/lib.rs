@@ -80,6 +80,10 @@
 //! Real applications attach producers to [`MainLoop`] (epoll or poll(2)), or write their own
 //! glue with [`WatchFunctionSet`] — `examples/custom_glue.rs` ports a libdbus poll loop line
 //! by line — and check it with the [`testing`] conformance scenarios.
+//!
+//! Code written to libvirt's shape — six functions with integer handle and timer ids instead
+//! of watch lists — uses [`handles::HandleTable`], which runs on every loop; with the
+//! `libvirt` feature, `libvirt::register` puts the real libvirt on it.
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg(unix)]
 

@@ -82,3 +82,24 @@ impl Default for IdCounter {
         IdCounter::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::IdCounter;
+
+    #[test]
+    fn wraps_past_the_largest_id_skipping_live_ones() {
+        let mut ids = IdCounter { next: i32::MAX - 1 };
+        let live = [i32::MAX, 1, 2];
+        let pick = |ids: &mut IdCounter| ids.next(|id| live.contains(&id), live.len());
+        assert_eq!(pick(&mut ids), Some(i32::MAX - 1));
+        assert_eq!(pick(&mut ids), Some(3), "MAX, 1 and 2 are live");
+        assert_eq!(pick(&mut ids), Some(4));
+    }
+
+    #[test]
+    fn refuses_when_every_id_is_live() {
+        let mut ids = IdCounter::new();
+        assert_eq!(ids.next(|_| true, i32::MAX as usize), None);
+    }
+}
