@@ -38,8 +38,10 @@ type StatusFn = Arc<dyn Fn(DispatchStatus) + Send + Sync>;
 /// that asks for nothing and so hears only errors and hang-ups. A timer is a [`Timeout`],
 /// enabled while it has a period and re-armed with
 /// [`TimeoutList::restart`](crate::TimeoutList::restart); a timer that fires on every
-/// iteration is run from [`dispatch`](Source::dispatch). The table is a cheap handle: clones share one table, so
-/// attach a clone to the loop and keep (or register) another.
+/// iteration is run from [`dispatch`](Source::dispatch). The table is a cheap handle: clones
+/// share one table, so attach a clone to the loop and keep (or register) another. Dropping
+/// the last clone drops every callback it still holds, live or removed, running their free
+/// functions then.
 ///
 /// See the [module docs](super) for the semantics, which are libvirt's.
 ///
