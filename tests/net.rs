@@ -190,9 +190,9 @@ fn back_pressure_queue_cap_and_slow_consumer() {
             .unwrap();
     let reader =
         Connection::from_stream_with(b, ConnectionConfig::new().max_inbound_frames(4)).unwrap();
-    let inbox = collect(&reader);
     mock.attach(Arc::new(writer.clone())).unwrap();
-    // The reader's glue only: nobody dispatches it, so its inbound queue fills.
+    // The reader's glue only, and no handler yet: nobody takes its messages, so its inbound
+    // queue fills.
     reader
         .set_watch_functions(Some(mock.watch_functions()))
         .map_err(|e| e.into_error())
@@ -217,6 +217,7 @@ fn back_pressure_queue_cap_and_slow_consumer() {
     }));
     // The application catches up: dispatching re-enables reading, and everything accepted
     // before the refusal arrives, in order.
+    let inbox = collect(&reader);
     for _ in 0..100_000 {
         if inbox.lock().unwrap().len() == accepted as usize {
             break;
@@ -241,20 +242,21 @@ fn idle_timeout_in_virtual_time_restarts_on_activity() {
     let (a, mut peer) = UnixStream::pair().unwrap();
     let conn = Connection::from_stream_with(
         a,
-        ConnectionConfig::new().idle_timeout(Duration::from_secs(5)),
+        ConnectionConfig::new().idle_timeout(Duration::from_secs(4)),
     )
     .unwrap();
     let reasons = reason_slot(&conn);
     let inbox = collect(&conn);
     mock.attach(Arc::new(conn.clone())).unwrap();
-    mock.advance(Duration::from_secs(4));
+    // Checked every second (a quarter of the timeout).
+    mock.advance(Duration::from_millis(3500));
     assert!(conn.is_connected());
-    peer.write_all(&[1, 0, 0, 0, 42]).unwrap(); // one frame: activity at t = 4 s
+    peer.write_all(&[1, 0, 0, 0, 42]).unwrap(); // one frame: activity at t = 3.5 s
     mock.poll_fds();
     assert_eq!(*inbox.lock().unwrap(), [vec![42u8]]);
-    mock.advance(Duration::from_secs(4)); // t = 8 s: 4 s since activity
-    assert!(conn.is_connected(), "activity restarted the idle period");
-    mock.advance(Duration::from_secs(1)); // t = 9 s: 5 s of silence
+    mock.advance(Duration::from_millis(4400)); // t = 7.9 s: 4.4 s since the activity
+    assert!(conn.is_connected(), "activity restarted the count");
+    mock.advance(Duration::from_millis(100)); // t = 8 s: four silent periods since t = 4 s
     assert!(!conn.is_connected());
     assert_eq!(*reasons.lock().unwrap(), ["IdleTimeout"]);
 }

@@ -358,7 +358,8 @@ fn drain_raw(peer: &UnixStream, into: &mut Vec<u8>) {
 
 type Events = Arc<Mutex<Vec<String>>>;
 
-/// Records messages (as UTF-8 or their length) and the disconnect event into one list.
+/// Records messages (as UTF-8 or their length), the read-closed and the disconnect event into
+/// one list.
 fn record_events(connection: &Connection) -> Events {
     let events: Events = Arc::default();
     let sink = Arc::clone(&events);
@@ -369,6 +370,8 @@ fn record_events(connection: &Connection) -> Events {
         };
         sink.lock().unwrap().push(text);
     });
+    let sink = Arc::clone(&events);
+    connection.set_read_closed_handler(move |_| sink.lock().unwrap().push("read closed".into()));
     let sink = Arc::clone(&events);
     connection.set_disconnect_handler(move |reason| {
         sink.lock().unwrap().push(format!("disconnect {reason:?}"));
@@ -491,7 +494,6 @@ fn read_watch_is_off_while_inbound_queue_is_full_c17() {
         .max_inbound_frames(2)
         .dispatch_batch(1);
     let connection = Connection::from_stream_with(left, config).unwrap();
-    let events = record_events(&connection);
     let reg = registry();
     attach(&connection, &reg, "a");
 
@@ -508,6 +510,8 @@ fn read_watch_is_off_while_inbound_queue_is_full_c17() {
     assert_eq!(connection.queued_inbound_messages(), 5); // one read completed all five
     assert_eq!(log_of(&reg), ["a: add W off", "a: add R on", "a: R off"]);
     assert_eq!(connection.dispatch_status(), DispatchStatus::DataRemains);
+    // No handler was set while reading, so nothing went straight to one: all five queued.
+    let events = record_events(&connection);
 
     // Full: more from the peer is not read; a stray report reaches nobody.
     peer.write_all(&wire(b"6")).unwrap();
@@ -651,15 +655,19 @@ fn frame_announcing_4_gib_allowed_but_cut_costs_only_what_arrived() {
     peer.write_all(&bytes).unwrap();
     peer.shutdown(std::net::Shutdown::Write).unwrap();
     let largest = largest_allocation_in(|| {
-        assert!(pump(&reg, &[&connection], LIMIT, || !events_of(&events)
-            .is_empty()));
+        assert!(pump(&reg, &[&connection], LIMIT, || events_of(&events)
+            .len()
+            == 2));
     });
     assert_eq!(
         events_of(&events),
-        [format!(
-            "disconnect TruncatedFrame {{ have: 14, need: {} }}",
-            4 + u64::from(u32::MAX)
-        )]
+        [
+            "read closed".to_string(),
+            format!(
+                "disconnect TruncatedFrame {{ have: 14, need: {} }}",
+                4 + u64::from(u32::MAX)
+            )
+        ]
     );
     assert!(largest < 64 * 1024, "largest allocation {largest} bytes");
 }
@@ -750,7 +758,9 @@ fn hang_up_reports_exactly_one_disconnect_after_earlier_messages_c15() {
     peer.write_all(&[wire(b"one"), wire(b"two")].concat())
         .unwrap();
     drop(peer);
-    // Poll until the hang-up is seen, without dispatching yet.
+    // Poll until the hang-up is seen, without dispatching: nothing was queued, so the read
+    // handler delivers the messages and the end of file itself; with nothing to write, the
+    // connection then closes, watches first (C15).
     assert!(pump(&reg, &[], LIMIT, || !connection.is_connected()));
     assert_eq!(
         log_of(&reg),
@@ -761,19 +771,24 @@ fn hang_up_reports_exactly_one_disconnect_after_earlier_messages_c15() {
             "a: remove W (fd open)"
         ]
     );
-    assert!(
-        events_of(&events).is_empty(),
-        "nothing delivered before dispatch"
+    assert_eq!(
+        events_of(&events),
+        ["message one", "message two", "read closed"]
     );
     assert_eq!(*statuses.lock().unwrap(), [DispatchStatus::DataRemains]);
 
-    // Messages first, then the one disconnect; more dispatching and closing add nothing.
+    // Then the one disconnect; more dispatching and closing add nothing.
     assert_eq!(connection.dispatch(), DispatchStatus::Complete);
     connection.close();
     assert_eq!(connection.dispatch(), DispatchStatus::Complete);
     assert_eq!(
         events_of(&events),
-        ["message one", "message two", "disconnect PeerClosed"]
+        [
+            "message one",
+            "message two",
+            "read closed",
+            "disconnect PeerClosed"
+        ]
     );
     assert_eq!(
         *statuses.lock().unwrap(),
@@ -801,10 +816,8 @@ fn close_by_us_removes_watches_then_closes_and_reports_closed_once() {
             "a: add R on",
             "a: add T on",
             // No handler has run yet, so no thread is known to be the loop's: `send` writes
-            // directly (bytes moved: the idle period restarts), queues the rest, and wakes
-            // the loop in case one is attached on another thread.
-            "a: T off",
-            "a: T on",
+            // directly, queues the rest, and wakes the loop in case one is attached on
+            // another thread. (Activity is noted for the timer, not told to the glue.)
             "a: W on",
             "a: wakeup",
             "a: remove R (fd open)",
@@ -906,8 +919,11 @@ fn server_calls_the_new_connection_function_for_each_client() {
     assert_eq!(server.stats().accepted, 5);
     assert_eq!(
         log_for(&reg, "conn"),
-        ["conn: add W off", "conn: add R on"].repeat(5)
+        // Accepted connections get the server's idle and frame timeouts: one timer each.
+        ["conn: add W off", "conn: add R on", "conn: add T on"].repeat(5)
     );
+    let timer = accepted.lock().unwrap()[0].timeout().unwrap();
+    assert_eq!(timer.interval(), ServerConfig::DEFAULT_FRAME_TIMEOUT / 4);
 
     for (i, client) in clients.iter().enumerate() {
         client.send(vec![i as u8]).unwrap();
@@ -948,15 +964,15 @@ fn server_without_function_closes_clients_and_keeps_file_if_asked() {
     attach(&client, &reg, "client");
     server.watch().handle(WatchFlags::READABLE);
     assert_eq!(server.stats().refused, 1);
-    assert!(pump(&reg, &[&client], LIMIT, || !events_of(&events).is_empty()));
-    assert_eq!(events_of(&events), ["disconnect PeerClosed"]);
+    assert!(pump(&reg, &[&client], LIMIT, || events_of(&events).len() == 2));
+    assert_eq!(events_of(&events), ["read closed", "disconnect PeerClosed"]);
     drop(server);
     assert!(path.exists(), "unlink_on_close(false) keeps the file");
     std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
-fn idle_timeout_restarts_on_activity_and_disconnects_a_silent_peer_c9() {
+fn idle_timeout_counts_silent_periods_and_activity_resets_them_without_glue_calls() {
     let (left, mut peer) = UnixStream::pair().unwrap();
     let config = ConnectionConfig::new().idle_timeout(Duration::from_secs(30));
     let connection = Connection::from_stream_with(left, config).unwrap();
@@ -964,19 +980,28 @@ fn idle_timeout_restarts_on_activity_and_disconnects_a_silent_peer_c9() {
     let reg = registry();
     attach(&connection, &reg, "a");
     assert_eq!(log_of(&reg), ["a: add W off", "a: add R on", "a: add T on"]);
-    let timeout = reg.lock().unwrap().timeouts[0].clone();
-    assert_eq!(timeout.interval(), Duration::from_secs(30));
+    let timer = reg.lock().unwrap().timeouts[0].clone();
+    // One periodic check, a quarter of the timeout: nothing is re-armed per message.
+    assert_eq!(timer.interval(), Duration::from_secs(30) / 4);
 
-    // Activity restarts the period: off, on (glue re-arms from now, C9).
+    // Three silent periods, then activity: the count starts again.
+    for _ in 0..3 {
+        assert_eq!(timer.handle(), Delivery::Delivered);
+    }
     peer.write_all(&wire(b"hi")).unwrap();
     assert!(pump(&reg, &[&connection], LIMIT, || !events_of(&events)
         .is_empty()));
-    assert_eq!(log_of(&reg)[3..], ["a: T off", "a: T on"]);
-
-    // The glue finds it due (called by hand instead of waiting 30 s).
-    assert_eq!(timeout.handle(), Delivery::Delivered);
+    assert_eq!(log_of(&reg).len(), 3, "activity costs no glue call");
+    assert_eq!(timer.handle(), Delivery::Delivered); // saw the activity
+    for _ in 0..3 {
+        assert_eq!(timer.handle(), Delivery::Delivered);
+        assert!(connection.is_connected());
+    }
+    // The fourth silent period since the activity: 30 s of silence.
+    assert_eq!(timer.handle(), Delivery::Delivered);
+    assert!(!connection.is_connected());
     assert_eq!(
-        log_of(&reg)[5..],
+        log_of(&reg)[3..],
         [
             "a: remove R (fd open)",
             "a: remove W (fd open)",
@@ -985,7 +1010,7 @@ fn idle_timeout_restarts_on_activity_and_disconnects_a_silent_peer_c9() {
     );
     connection.dispatch();
     assert_eq!(events_of(&events), ["message hi", "disconnect IdleTimeout"]);
-    assert_eq!(timeout.handle(), Delivery::Removed);
+    assert_eq!(timer.handle(), Delivery::Removed);
 }
 
 #[test]
@@ -1134,9 +1159,13 @@ fn a_panicking_message_handler_leaves_the_connection_usable() {
     });
     peer.write_all(&[wire(b"one"), wire(b"boom"), wire(b"two")].concat())
         .unwrap();
-    connection.read_watch().handle(WatchFlags::READABLE);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| connection.dispatch()));
+    // Nothing was queued: the read handler delivers straight to the message handler, and
+    // the panic reaches the glue that reported the socket readable.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        connection.read_watch().handle(WatchFlags::READABLE)
+    }));
     assert!(outcome.is_err(), "the panic reaches the caller");
+    assert_eq!(connection.dispatch_status(), DispatchStatus::DataRemains);
     // The same handler, still installed, takes the rest; "boom" was consumed.
     assert_eq!(connection.dispatch(), DispatchStatus::Complete);
     assert_eq!(*got.lock().unwrap(), ["one", "two"]);
@@ -1159,7 +1188,7 @@ fn a_handler_replaced_during_dispatch_takes_the_next_message() {
     peer.write_all(&[wire(&[1]), wire(&[2]), wire(&[3])].concat())
         .unwrap();
     connection.read_watch().handle(WatchFlags::READABLE);
-    assert_eq!(connection.dispatch(), DispatchStatus::Complete);
+    assert_eq!(connection.dispatch_status(), DispatchStatus::Complete);
     assert_eq!(*got.lock().unwrap(), ["first 1", "second 2", "second 3"]);
 }
 

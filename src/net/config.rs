@@ -16,7 +16,9 @@ use super::frame::MAX_PAYLOAD;
 /// | [`read_budget`](Self::read_budget) | 64 KiB | bytes read per readiness report |
 /// | [`write_budget`](Self::write_budget) | 256 KiB | bytes written per readiness report |
 /// | [`dispatch_batch`](Self::dispatch_batch) | 64 | messages per `dispatch` call |
-/// | [`idle_timeout`](Self::idle_timeout) | none | silence before disconnecting |
+/// | [`idle_timeout`](Self::idle_timeout) | none; 120 s when a [`Server`](super::Server) accepted it | silence of the peer before disconnecting |
+/// | [`frame_timeout`](Self::frame_timeout) | none; 30 s when a [`Server`](super::Server) accepted it | time to finish a frame once started |
+/// | [`half_close`](Self::half_close) | [`HalfClose::Flush`] | what end of file from the peer does |
 ///
 /// # Examples
 ///
@@ -39,7 +41,38 @@ pub struct ConnectionConfig {
     pub(crate) read_budget: usize,
     pub(crate) write_budget: usize,
     pub(crate) dispatch_batch: usize,
-    pub(crate) idle_timeout: Option<Duration>,
+    /// `None`: not set — off, or the server's default for accepted connections.
+    pub(crate) idle_timeout: Option<Option<Duration>>,
+    pub(crate) frame_timeout: Option<Option<Duration>>,
+    pub(crate) half_close: HalfClose,
+}
+
+/// What a [`Connection`](super::Connection) does when its peer ends its side of the stream
+/// (end of file: the peer called `shutdown(SHUT_WR)`, or closed its socket).
+///
+/// End of file means "no more requests", not "stop writing": whatever the policy, every
+/// complete message read before it is delivered, and then the read-closed event
+/// ([`Connection::set_read_closed_handler`](super::Connection::set_read_closed_handler)).
+/// The policies differ in when the connection closes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HalfClose {
+    /// The default: stop reading, deliver what was read, let the handlers' replies be sent,
+    /// and close once the read-closed event is delivered and the outbound queue is empty —
+    /// with [`DisconnectReason::PeerClosed`](super::DisconnectReason::PeerClosed) (or
+    /// [`TruncatedFrame`](super::DisconnectReason::TruncatedFrame) if the stream ended
+    /// inside a frame). Nothing read is lost, nor any reply sent before the close.
+    #[default]
+    Flush,
+    /// libdbus's behaviour: close at once. The messages already read and the read-closed
+    /// event are still delivered, but a reply sent from their handlers fails with
+    /// [`SendError::Disconnected`](super::SendError::Disconnected).
+    Close,
+    /// Stop reading but stay open for writing until the application calls
+    /// [`close`](super::Connection::close) (or a write fails): for peers that half-close
+    /// and wait for replies computed later, or for pull-style use with
+    /// [`pop_message`](super::Connection::pop_message).
+    Keep,
 }
 
 impl Default for ConnectionConfig {
@@ -53,6 +86,8 @@ impl Default for ConnectionConfig {
             write_budget: 256 << 10,
             dispatch_batch: 64,
             idle_timeout: None,
+            frame_timeout: None,
+            half_close: HalfClose::Flush,
         }
     }
 }
@@ -123,17 +158,67 @@ impl ConnectionConfig {
     }
 
     /// Disconnect with [`DisconnectReason::IdleTimeout`](super::DisconnectReason::IdleTimeout)
-    /// after `timeout` without a byte read or written; `None` (the default) never does. The
-    /// connection keeps one [`Timeout`](crate::Timeout) of this interval in its timeout list
-    /// and restarts it (disable, enable: C9) on every read or write that moved bytes.
+    /// after `timeout` in which the connection waited on its peer and no byte moved; `None`
+    /// never does. Not set, it is off for connections you create and
+    /// [`ServerConfig::DEFAULT_IDLE_TIMEOUT`] for those a [`Server`](super::Server) accepts.
+    ///
+    /// Only waiting on the peer counts: wanting to read (the read side open and not paused by
+    /// back-pressure or the server's memory cap) or having output queued that the peer does
+    /// not take. A connection paused by the application's own slowness is not idle.
+    ///
+    /// The connection checks with one periodic [`Timeout`](crate::Timeout) (see
+    /// [`Connection::timeout`](super::Connection::timeout)) whose period is a quarter of the
+    /// shorter of this and [`frame_timeout`](Self::frame_timeout); nothing is done per byte
+    /// or per message. So the disconnect comes after at least `timeout` of silence and at
+    /// most one period later.
     pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> ConnectionConfig {
-        self.idle_timeout = timeout.into();
+        self.idle_timeout = Some(timeout.into());
+        self
+    }
+
+    /// Disconnect with [`DisconnectReason::FrameTimeout`](super::DisconnectReason::FrameTimeout)
+    /// when a frame the peer started (a byte of its length prefix arrived) is still not
+    /// complete after `timeout` — a peer that trickles bytes to hold a connection and its
+    /// buffer ("slowloris") — while the connection was reading; `None` never does. Not set, it
+    /// is off for connections you create and [`ServerConfig::DEFAULT_FRAME_TIMEOUT`] for those
+    /// a [`Server`](super::Server) accepts. Checked by the same periodic timeout as
+    /// [`idle_timeout`](Self::idle_timeout), with the same precision. A frame of
+    /// [`max_frame_size`](Self::max_frame_size) must arrive at `max_frame_size / timeout`
+    /// bytes per second: for 16 MiB in 30 s, about 0.6 MB/s.
+    pub fn frame_timeout(mut self, timeout: impl Into<Option<Duration>>) -> ConnectionConfig {
+        self.frame_timeout = Some(timeout.into());
+        self
+    }
+
+    /// What end of file from the peer does; [`HalfClose::Flush`] (lose nothing, then close)
+    /// by default.
+    pub fn half_close(mut self, policy: HalfClose) -> ConnectionConfig {
+        self.half_close = policy;
+        self
+    }
+
+    /// The two timeouts with `idle` and `frame` filling in what was not set.
+    pub(crate) fn with_timeout_defaults(
+        mut self,
+        idle: Option<Duration>,
+        frame: Option<Duration>,
+    ) -> ConnectionConfig {
+        self.idle_timeout.get_or_insert(idle);
+        self.frame_timeout.get_or_insert(frame);
         self
     }
 }
 
 /// Settings of a [`Server`](super::Server): the configuration its accepted connections get,
-/// and how it accepts.
+/// how it accepts, and the memory cap all its connections share.
+///
+/// | setting | default |
+/// |---|---|
+/// | [`connection`](Self::connection) | [`ConnectionConfig::default`], with [`DEFAULT_IDLE_TIMEOUT`](Self::DEFAULT_IDLE_TIMEOUT) and [`DEFAULT_FRAME_TIMEOUT`](Self::DEFAULT_FRAME_TIMEOUT) where not set |
+/// | [`max_buffered_bytes`](Self::max_buffered_bytes) | [`DEFAULT_MAX_BUFFERED_BYTES`](Self::DEFAULT_MAX_BUFFERED_BYTES) (64 MiB) |
+/// | [`accept_budget`](Self::accept_budget) | 16 |
+/// | [`accept_retry`](Self::accept_retry) | 100 ms |
+/// | [`unlink_on_close`](Self::unlink_on_close) | true |
 ///
 /// # Examples
 ///
@@ -143,6 +228,7 @@ impl ConnectionConfig {
 /// let config = ServerConfig::new()
 ///     .connection(ConnectionConfig::new().max_frame_size(4096))
 ///     .accept_budget(8)
+///     .max_buffered_bytes(16 << 20)
 ///     .unlink_on_close(false);
 /// # let _ = config;
 /// ```
@@ -152,6 +238,7 @@ pub struct ServerConfig {
     pub(crate) accept_budget: usize,
     pub(crate) accept_retry: Duration,
     pub(crate) unlink_on_close: bool,
+    pub(crate) max_buffered_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -161,18 +248,31 @@ impl Default for ServerConfig {
             accept_budget: 16,
             accept_retry: Duration::from_millis(100),
             unlink_on_close: true,
+            max_buffered_bytes: ServerConfig::DEFAULT_MAX_BUFFERED_BYTES,
         }
     }
 }
 
 impl ServerConfig {
-    /// The defaults: default connections, 16 accepts per readiness report, a 100 ms pause
-    /// after a failed accept, and the socket path unlinked on close.
+    /// The idle timeout of accepted connections whose configuration sets none: 120 s.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// The frame timeout of accepted connections whose configuration sets none: 30 s.
+    pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// The default cap on the bytes all of a server's connections buffer: 64 MiB, four
+    /// frames of the default maximum size.
+    pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 << 20;
+
+    /// The defaults (see the table above).
     pub fn new() -> ServerConfig {
         ServerConfig::default()
     }
 
-    /// The configuration of every accepted [`Connection`](super::Connection).
+    /// The configuration of every accepted [`Connection`](super::Connection). Timeouts it
+    /// does not set get the server's defaults ([`DEFAULT_IDLE_TIMEOUT`](Self::DEFAULT_IDLE_TIMEOUT),
+    /// [`DEFAULT_FRAME_TIMEOUT`](Self::DEFAULT_FRAME_TIMEOUT)); set them to `None` to turn
+    /// them off.
     pub fn connection(mut self, config: ConnectionConfig) -> ServerConfig {
         self.connection = config;
         self
@@ -191,6 +291,27 @@ impl ServerConfig {
     /// of this interval that turns it back on.
     pub fn accept_retry(mut self, pause: Duration) -> ServerConfig {
         self.accept_retry = pause;
+        self
+    }
+
+    /// The most bytes all of this server's connections together may buffer: received
+    /// messages not yet dispatched, partly received frames (counted at their full length from
+    /// the moment their length prefix arrives) and output queued for slow peers.
+    ///
+    /// Reaching it pauses reading, never drops anything: a connection that needs room for its
+    /// next frame turns its read watch off and waits, first come first served, until
+    /// dispatching and writing free enough; frames already started always finish. Output is
+    /// never refused for the cap (each connection's
+    /// [`max_outbound_bytes`](ConnectionConfig::max_outbound_bytes) bounds it), but counts
+    /// against it, so a server whose replies pile up stops reading new requests. A frame
+    /// longer than the cap can never fit, so the accepted connections refuse frames over
+    /// `min(max_frame_size, max_buffered_bytes)` with
+    /// [`DisconnectReason::FrameTooLarge`](super::DisconnectReason::FrameTooLarge). Reads
+    /// are cheapest while the room left exceeds one maximum frame plus 64 KiB: nearer the cap
+    /// a connection reads up to each frame's prefix first. [`Server::stats`](super::Server::stats)
+    /// reports the bytes reserved, their peak, and the pauses.
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> ServerConfig {
+        self.max_buffered_bytes = bytes.max(1);
         self
     }
 

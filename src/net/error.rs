@@ -10,9 +10,12 @@ use std::io;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum DisconnectReason {
-    /// The peer closed the stream between two frames (end of file, or a hang-up).
+    /// The peer closed the stream between two frames: end of file (after which, by default,
+    /// the replies to what was read are still sent — see [`HalfClose`](super::HalfClose)), a
+    /// hang-up, or a peer that went away with data unread, which the socket reports as
+    /// `ECONNRESET` on a read or `EPIPE` on a write.
     PeerClosed,
-    /// The socket reported an error (for example `ECONNRESET`, or `EPIPE` while writing).
+    /// The socket reported an error other than the peer going away.
     Io(io::Error),
     /// The peer announced a frame longer than the configured maximum; nothing of its size was
     /// allocated, and the stream, now out of step, was closed.
@@ -34,6 +37,10 @@ pub enum DisconnectReason {
     /// Nothing was read or written for the configured idle time
     /// ([`ConnectionConfig::idle_timeout`](super::ConnectionConfig::idle_timeout)).
     IdleTimeout,
+    /// A frame the peer started was not complete within the configured time
+    /// ([`ConnectionConfig::frame_timeout`](super::ConnectionConfig::frame_timeout)): a peer
+    /// trickling bytes to hold the connection open.
+    FrameTimeout,
     /// The application called [`Connection::close`](super::Connection::close).
     Closed,
 }
@@ -54,7 +61,23 @@ impl fmt::Display for DisconnectReason {
                 "the stream ended inside a frame: {have} of {need} bytes arrived"
             ),
             DisconnectReason::IdleTimeout => f.write_str("the connection was idle too long"),
+            DisconnectReason::FrameTimeout => {
+                f.write_str("the peer took too long to finish sending a frame")
+            }
             DisconnectReason::Closed => f.write_str("the connection was closed locally"),
+        }
+    }
+}
+
+impl DisconnectReason {
+    /// The reason for a socket error: the peer going away (`EPIPE`, `ECONNRESET`,
+    /// `ECONNABORTED`) is [`PeerClosed`](Self::PeerClosed), anything else [`Io`](Self::Io).
+    pub(crate) fn from_io(error: io::Error) -> DisconnectReason {
+        match error.kind() {
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted => DisconnectReason::PeerClosed,
+            _ => DisconnectReason::Io(error),
         }
     }
 }

@@ -93,6 +93,14 @@ impl FrameDecoder {
                 }
                 continue;
             };
+            // The common case, a payload whole in the input: one exact allocation.
+            if partial.bytes.is_empty() && input.len() >= partial.need {
+                let need = partial.need;
+                self.partial = None;
+                deliver(input[..need].to_vec());
+                input = &input[need..];
+                continue;
+            }
             let take = (partial.need - partial.bytes.len()).min(input.len());
             grow_for(&mut partial.bytes, take, partial.need);
             partial.bytes.extend_from_slice(&input[..take]);
@@ -114,6 +122,23 @@ impl FrameDecoder {
             None if self.prefix_have > 0 => Some((self.prefix_have, HEADER_LEN)),
             None => None,
         }
+    }
+
+    /// The announced payload length of the frame being received, once its prefix is whole.
+    pub(crate) fn partial_need(&self) -> Option<usize> {
+        self.partial.as_ref().map(|partial| partial.need)
+    }
+
+    /// Payload bytes still missing from the frame being received (0 between frames).
+    pub(crate) fn partial_missing(&self) -> usize {
+        self.partial
+            .as_ref()
+            .map_or(0, |partial| partial.need - partial.bytes.len())
+    }
+
+    /// Bytes of a length prefix received so far (0 between frames and inside a payload).
+    pub(crate) fn prefix_have(&self) -> usize {
+        self.prefix_have
     }
 
     /// Forgets any half-received frame, releasing its buffer.

@@ -127,6 +127,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod budget;
 mod config;
 mod connection;
 mod error;
@@ -138,7 +139,7 @@ mod stats;
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 
-pub use config::{ConnectionConfig, ServerConfig};
+pub use config::{ConnectionConfig, HalfClose, ServerConfig};
 pub use connection::Connection;
 pub use error::{DisconnectReason, SendError};
 pub use server::{Server, ServerStats};

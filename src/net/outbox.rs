@@ -64,6 +64,18 @@ impl Outbox {
         self.frames.push_back(frame);
     }
 
+    /// Queues the rest of a payload of which `sent` wire bytes (prefix included) went out
+    /// already, written directly by [`send_frame`].
+    pub(crate) fn push_rest(&mut self, payload: Vec<u8>, sent: usize) {
+        let frame = Outgoing {
+            prefix: header(payload.len()),
+            payload,
+            sent,
+        };
+        self.queued += frame.wire_len() - sent;
+        self.frames.push_back(frame);
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
@@ -163,6 +175,37 @@ impl Outbox {
     }
 }
 
+/// Payloads up to this size are copied behind their prefix on the stack and written with one
+/// `send`; longer ones go out as two slices with one `sendmsg`.
+const SMALL_FRAME: usize = 512;
+
+/// Writes one frame straight to the socket, as far as it takes it, with one system call;
+/// returns the wire bytes written (`WouldBlock` counts as 0). `payload.len()` must fit the
+/// prefix.
+///
+/// # Errors
+///
+/// The socket's error.
+pub(crate) fn send_frame(stream: &UnixStream, payload: &[u8]) -> io::Result<usize> {
+    let prefix = header(payload.len());
+    loop {
+        let outcome = if payload.len() <= SMALL_FRAME {
+            let mut wire = [0u8; HEADER_LEN + SMALL_FRAME];
+            wire[..HEADER_LEN].copy_from_slice(&prefix);
+            wire[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
+            send_bytes(stream, &wire[..HEADER_LEN + payload.len()])
+        } else {
+            send_two(stream, &prefix, payload)
+        };
+        match outcome {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Writes `bytes` without raising `SIGPIPE` on a closed peer, where the platform allows it.
 #[cfg(any(
     target_os = "linux",
@@ -198,6 +241,49 @@ fn send_bytes(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
     (&*stream).write(bytes)
 }
 
+/// Writes two slices with one call, without `SIGPIPE` (see [`send_bytes`]).
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "fuchsia",
+    target_os = "haiku"
+))]
+fn send_two(stream: &UnixStream, first: &[u8], second: &[u8]) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, MsgFlags, UnixAddr};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+
+    let slices = [IoSlice::new(first), IoSlice::new(second)];
+    sendmsg::<UnixAddr>(
+        stream.as_raw_fd(),
+        &slices,
+        &[],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "fuchsia",
+    target_os = "haiku"
+)))]
+fn send_two(stream: &UnixStream, first: &[u8], second: &[u8]) -> io::Result<usize> {
+    use std::io::{IoSlice, Write};
+
+    (&*stream).write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +309,19 @@ mod tests {
         let mut got = [0; 20];
         b.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"\x03\0\0\0one\0\0\0\0\x05\0\0\0three");
+    }
+
+    #[test]
+    fn a_frame_sent_directly_arrives_whole_small_or_large() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        for len in [0, 3, SMALL_FRAME, SMALL_FRAME + 1, 5000] {
+            let payload = vec![len as u8; len];
+            assert_eq!(send_frame(&a, &payload).unwrap(), HEADER_LEN + len);
+            let mut got = vec![0; HEADER_LEN + len];
+            b.read_exact(&mut got).unwrap();
+            assert_eq!(got[..HEADER_LEN], header(len));
+            assert_eq!(got[HEADER_LEN..], payload[..]);
+        }
     }
 
     #[test]

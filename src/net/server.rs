@@ -16,15 +16,23 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use super::budget::Budget;
 use super::config::ServerConfig;
 use super::connection::Connection;
-use super::stats::bump;
 use crate::{
     SetFunctionsError, Source, SourceData, Timeout, TimeoutFunctions, TimeoutList, Watch,
     WatchFlags, WatchFunctions, WatchList,
 };
 
 type NewConnectionFn = Box<dyn FnMut(Connection) + Send>;
+type AcceptErrorFn = Box<dyn FnMut(&io::Error) + Send>;
+
+/// Adds `n` to a counter.
+fn bump(counter: &AtomicU64, n: usize) {
+    if n > 0 {
+        counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// A listening Unix socket that runs inside any event loop and hands each client it accepts
 /// to the application — libdbus's `DBusServer`.
@@ -35,9 +43,15 @@ type NewConnectionFn = Box<dyn FnMut(Connection) + Send>;
 /// [`ServerConfig::accept_budget`] per report (C17), wraps each in a [`Connection`] with
 /// [`ServerConfig::connection`], and calls the new-connection function with it. That function
 /// sets the connection up — message handler, attaching it to a loop — and keeps it; a
-/// connection it drops is closed. If `accept` fails (say `EMFILE`), the server disables its
-/// watch, so as not to spin on a client it cannot take, and enables its one timeout, which
-/// turns the watch back on after [`ServerConfig::accept_retry`].
+/// connection it drops is closed. If `accept` fails (say `EMFILE`), the server tells the
+/// accept-error function ([`set_accept_error_function`](Self::set_accept_error_function)),
+/// disables its watch, so as not to spin on a client it cannot take, and enables its one
+/// timeout, which turns the watch back on after [`ServerConfig::accept_retry`].
+///
+/// All of a server's connections share one memory cap
+/// ([`ServerConfig::max_buffered_bytes`]): reaching it pauses reading, and nothing is
+/// dropped. Accepted connections get the server's idle and frame timeouts unless their
+/// configuration sets its own, so a silent or trickling client ("slowloris") is dropped.
 ///
 /// `Server` is a cheap handle: clones share one server, usable from any thread and from
 /// inside any callback. The socket closes on [`disconnect`](Self::disconnect) or when the
@@ -87,6 +101,8 @@ struct ServerShared {
     accepted: AtomicU64,
     accept_errors: AtomicU64,
     refused: AtomicU64,
+    budget: Arc<Budget>,
+    on_accept_error: Mutex<Option<AcceptErrorFn>>,
     handoff: Mutex<Handoff>,
     state: Mutex<ServerState>,
 }
@@ -129,6 +145,16 @@ pub struct ServerStats {
     pub accept_errors: u64,
     /// Connections closed at once because no new-connection function was set.
     pub refused: u64,
+    /// Bytes reserved under the memory cap right now ([`ServerConfig::max_buffered_bytes`]):
+    /// what the connections buffer — received messages not yet dispatched, partly received
+    /// frames at their full announced length, queued output — plus the allowance of a read
+    /// in progress. Never less than what is actually buffered.
+    pub reserved_bytes: u64,
+    /// The most bytes ever reserved at once; at most the cap, unless queued output (never
+    /// refused for the cap) pushed it over.
+    pub peak_reserved_bytes: u64,
+    /// Times a connection stopped reading to wait for room under the cap.
+    pub budget_waits: u64,
 }
 
 impl Server {
@@ -173,6 +199,7 @@ impl Server {
             _ => None,
         };
         let fd = listener.as_raw_fd();
+        let budget = Arc::new(Budget::new(config.max_buffered_bytes));
         let shared = Arc::new_cyclic(|weak: &Weak<ServerShared>| {
             let on_ready = weak.clone();
             let watch = Watch::new_disabled(fd, WatchFlags::READABLE, move |condition| {
@@ -197,6 +224,8 @@ impl Server {
                 accepted: AtomicU64::new(0),
                 accept_errors: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                budget,
+                on_accept_error: Mutex::new(None),
                 handoff: Mutex::new(Handoff::default()),
                 state: Mutex::new(ServerState {
                     listener: Some(listener),
@@ -229,6 +258,29 @@ impl Server {
             handoff.generation += 1;
             handoff.function.replace(function)
         };
+        drop(replaced);
+    }
+
+    /// Sets the function told about every failed `accept` (say `EMFILE`: the process is out
+    /// of file descriptors) and every accepted socket that could not be set up, replacing
+    /// (and dropping) the previous one. Each failure is also counted in
+    /// [`ServerStats::accept_errors`] and followed by a pause of [`ServerConfig::accept_retry`].
+    /// The function runs from the server's watch handler with no lock held; without one, the
+    /// counter is the only trace.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use loopglue::net::Server;
+    ///
+    /// let path = std::env::temp_dir().join(format!("loopglue-doc-errors-{}", std::process::id()));
+    /// let server = Server::bind(&path)?;
+    /// server.set_accept_error_function(|error| eprintln!("server: cannot accept: {error}"));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_accept_error_function(&self, function: impl FnMut(&io::Error) + Send + 'static) {
+        let function: AcceptErrorFn = Box::new(function);
+        let replaced = self.shared.on_accept_error.lock().replace(function);
         drop(replaced);
     }
 
@@ -278,6 +330,9 @@ impl Server {
             accepted: get(&self.shared.accepted),
             accept_errors: get(&self.shared.accept_errors),
             refused: get(&self.shared.refused),
+            reserved_bytes: self.shared.budget.used() as u64,
+            peak_reserved_bytes: self.shared.budget.peak() as u64,
+            budget_waits: self.shared.budget.pauses(),
         }
     }
 }
@@ -326,6 +381,7 @@ impl ServerShared {
     /// The watch's handler: accepts up to the budget and hands the connections over.
     fn on_acceptable(&self, condition: WatchFlags) {
         let mut streams = Vec::new();
+        let mut errors = Vec::new();
         let mut failed = false;
         {
             let state = self.state.lock();
@@ -338,7 +394,16 @@ impl ServerShared {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Nothing to accept, yet poll reported an error or hang-up: polling
                         // again at once would spin.
-                        failed = streams.is_empty() && condition.intersects(WatchFlags::ALWAYS);
+                        if streams.is_empty() && condition.intersects(WatchFlags::ALWAYS) {
+                            failed = true;
+                            errors.push(listener.take_error().ok().flatten().unwrap_or_else(
+                                || {
+                                    io::Error::other(
+                                        "poll reported an error on the listening socket",
+                                    )
+                                },
+                            ));
+                        }
                         break;
                     }
                     Err(e)
@@ -346,18 +411,26 @@ impl ServerShared {
                             e.kind(),
                             io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                         ) => {}
-                    Err(_) => {
+                    Err(e) => {
                         failed = true;
+                        errors.push(e);
                         break;
                     }
                 }
             }
         }
         let mut connections = Vec::with_capacity(streams.len());
+        let config = self.config.connection.clone().with_timeout_defaults(
+            Some(ServerConfig::DEFAULT_IDLE_TIMEOUT),
+            Some(ServerConfig::DEFAULT_FRAME_TIMEOUT),
+        );
         for stream in streams {
-            match Connection::from_stream_with(stream, self.config.connection.clone()) {
+            match Connection::with_budget(stream, config.clone(), Some(Arc::clone(&self.budget))) {
                 Ok(connection) => connections.push(connection),
-                Err(_) => failed = true,
+                Err(e) => {
+                    failed = true;
+                    errors.push(e);
+                }
             }
         }
         bump(&self.accepted, connections.len());
@@ -366,7 +439,37 @@ impl ServerShared {
             let _ = self.watches.toggle(&self.watch, false);
             let _ = self.timeouts.toggle(&self.retry, true);
         }
+        self.report(&errors);
         self.hand_over(connections);
+    }
+
+    /// Tells the accept-error function, with no lock held while it runs.
+    fn report(&self, errors: &[io::Error]) {
+        if errors.is_empty() {
+            return;
+        }
+        let Some(mut function) = self.on_accept_error.lock().take() else {
+            return;
+        };
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            for error in errors {
+                function(error);
+            }
+        }));
+        // Put it back unless it was replaced meanwhile (then the replaced one is dropped).
+        let stale = {
+            let mut slot = self.on_accept_error.lock();
+            if slot.is_none() {
+                *slot = Some(function);
+                None
+            } else {
+                Some(function)
+            }
+        };
+        drop(stale);
+        if let Err(payload) = outcome {
+            panic::resume_unwind(payload);
+        }
     }
 
     /// The retry timeout's handler: accept again.
