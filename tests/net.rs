@@ -398,3 +398,64 @@ fn sends_from_four_threads_while_the_loop_runs_in_a_fifth() {
         assert_eq!(order, (0..1_000).collect::<Vec<_>>(), "thread {t}'s order");
     }
 }
+
+#[test]
+fn server_drops_a_trickling_and_a_silent_client_by_default_in_virtual_time() {
+    let path = socket_path("slowloris");
+    let mock = MockLoop::new();
+    let server = Server::bind(&path).unwrap();
+    let ended: Arc<Mutex<Vec<(String, Duration)>>> = Arc::default();
+    {
+        let (mock2, ended) = (mock.clone(), Arc::clone(&ended));
+        server.set_new_connection_function(move |conn| {
+            let (ended, clock) = (Arc::clone(&ended), mock2.clone());
+            conn.set_disconnect_handler(move |reason| {
+                ended
+                    .lock()
+                    .unwrap()
+                    .push((format!("{reason:?}"), clock.now()));
+            });
+            echoing(&conn);
+            mock2.attach(Arc::new(conn)).unwrap();
+        });
+    }
+    mock.attach(Arc::new(server.clone())).unwrap();
+    // A slowloris: announces a 1,000-byte frame and sends a byte every 5 s, so it is never
+    // idle. A silent client: connects and says nothing. A good client, polite but slow:
+    // one whole message a minute.
+    let mut trickler = UnixStream::connect(&path).unwrap();
+    trickler.write_all(&1000u32.to_le_bytes()).unwrap();
+    let silent = UnixStream::connect(&path).unwrap();
+    let mut polite = UnixStream::connect(&path).unwrap();
+    mock.poll_fds();
+    mock.poll_fds();
+    assert_eq!(server.stats().accepted, 3);
+    for second in 1..=200u64 {
+        if second % 5 == 0 && second < 100 {
+            let _ = trickler.write_all(&[0]);
+        }
+        if second % 60 == 0 {
+            polite.write_all(&[1, 0, 0, 0, 9]).unwrap();
+        }
+        mock.advance(Duration::from_secs(1));
+        mock.poll_fds();
+    }
+    let ended = ended.lock().unwrap().clone();
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    // Frame timeout 30 s, checked every 7.5 s: dropped after 30 to 37.5 s in its frame.
+    let (reason, at) = &ended[0];
+    assert_eq!(reason, "FrameTimeout");
+    assert!(
+        (Duration::from_secs(30)..=Duration::from_millis(38_500)).contains(at),
+        "{at:?}"
+    );
+    // Idle timeout 120 s: dropped after 120 to 127.5 s of silence.
+    let (reason, at) = &ended[1];
+    assert_eq!(reason, "IdleTimeout");
+    assert!(
+        (Duration::from_secs(120)..=Duration::from_millis(128_500)).contains(at),
+        "{at:?}"
+    );
+    drop(silent);
+    server.disconnect();
+}

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loopglue::net::{Connection, ConnectionConfig, SendError, Server, ServerConfig};
+use loopglue::net::{Connection, ConnectionConfig, HalfClose, SendError, Server, ServerConfig};
 use loopglue::{
     Delivery, DispatchStatus, Source, Timeout, TimeoutFunctions, Watch, WatchFlags, WatchFunctions,
 };
@@ -1265,4 +1265,150 @@ fn sends_from_many_threads_all_arrive_in_per_thread_order_c13_c16() {
         "{refusals} QueueFull retries, {} wakeups, {} write-watch enables",
         stats.wakeups, stats.write_watch_enabled
     );
+}
+
+#[test]
+fn a_peer_gone_while_we_write_is_peer_closed_not_broken_pipe() {
+    let (left, peer) = UnixStream::pair().unwrap();
+    let connection = Connection::from_stream(left).unwrap();
+    let events = record_events(&connection);
+    drop(peer);
+    // The direct write meets EPIPE.
+    assert_eq!(
+        connection.send(&b"anyone there?"[..]),
+        Err(SendError::Disconnected)
+    );
+    assert_eq!(connection.dispatch(), DispatchStatus::Complete);
+    assert_eq!(events_of(&events), ["disconnect PeerClosed"]);
+}
+
+#[test]
+fn a_peer_that_closes_with_our_data_unread_is_peer_closed_not_connection_reset() {
+    let (left, mut peer) = UnixStream::pair().unwrap();
+    let connection = Connection::from_stream(left).unwrap();
+    let events = record_events(&connection);
+    let reg = registry();
+    attach(&connection, &reg, "a");
+    // The peer sends a message, leaves what we sent it unread and closes: our next read
+    // fails with ECONNRESET once the message is read.
+    connection.send(&b"never read"[..]).unwrap();
+    peer.write_all(&wire(b"last words")).unwrap();
+    drop(peer);
+    assert!(pump(&reg, &[&connection], LIMIT, || events_of(&events)
+        .iter()
+        .any(|e| e.starts_with("disconnect"))));
+    assert_eq!(
+        events_of(&events),
+        ["message last words", "disconnect PeerClosed"]
+    );
+}
+
+/// A peer that half-closes and reads: what the handlers send after the end of file reaches
+/// it, however much, before the connection closes — or not, under the other policies.
+fn half_closed_peer(policy: HalfClose) -> (Vec<u8>, Vec<String>, Connection, UnixStream) {
+    let (left, mut peer) = UnixStream::pair().unwrap();
+    let config = ConnectionConfig::new().half_close(policy);
+    let connection = Connection::from_stream_with(left, config).unwrap();
+    let events = record_events(&connection);
+    // A reply bigger than the socket buffer: it needs the write watch to get out.
+    let sink = Arc::clone(&events);
+    connection.set_message_handler(move |connection, message| {
+        let sent = connection.send(vec![7u8; 1 << 20]);
+        sink.lock().unwrap().push(format!(
+            "message {} -> {sent:?}",
+            String::from_utf8_lossy(&message)
+        ));
+    });
+    let sink = Arc::clone(&events);
+    connection.set_read_closed_handler(move |connection| {
+        let sent = connection.send(&b"bye"[..]);
+        sink.lock()
+            .unwrap()
+            .push(format!("read closed -> {sent:?}"));
+    });
+    let reg = registry();
+    attach(&connection, &reg, "a");
+    peer.write_all(&wire(b"request")).unwrap();
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let mut eof = false;
+    let deadline = Instant::now() + LIMIT;
+    while !eof && Instant::now() < deadline {
+        pump(&reg, &[&connection], Duration::from_millis(20), || false);
+        let mut chunk = vec![0u8; 256 * 1024];
+        loop {
+            match peer.read(&mut chunk) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        if policy == HalfClose::Keep
+            && connection.is_read_closed()
+            && got.len() >= 4 + (1 << 20) + 7
+        {
+            break;
+        }
+    }
+    connection.dispatch();
+    (got, events_of(&events), connection, peer)
+}
+
+#[test]
+fn half_close_flush_sends_every_reply_then_closes() {
+    let (got, events, connection, _peer) = half_closed_peer(HalfClose::Flush);
+    assert_eq!(
+        got.len(),
+        4 + (1 << 20) + 4 + 3,
+        "the big reply and the goodbye"
+    );
+    assert_eq!(&got[got.len() - 7..], b"\x03\0\0\0bye");
+    assert_eq!(
+        events,
+        [
+            "message request -> Ok(())",
+            "read closed -> Ok(())",
+            "disconnect PeerClosed"
+        ]
+    );
+    assert!(!connection.is_connected());
+}
+
+#[test]
+fn half_close_close_is_libdbus_closing_at_once() {
+    let (got, events, connection, _peer) = half_closed_peer(HalfClose::Close);
+    assert!(got.is_empty());
+    assert_eq!(
+        events,
+        [
+            "message request -> Err(Disconnected)",
+            "read closed -> Err(Disconnected)",
+            "disconnect PeerClosed"
+        ]
+    );
+    assert!(!connection.is_connected());
+}
+
+#[test]
+fn half_close_keep_stays_open_for_writing_until_closed() {
+    let (got, events, connection, mut peer) = half_closed_peer(HalfClose::Keep);
+    assert_eq!(got.len(), 4 + (1 << 20) + 4 + 3);
+    assert_eq!(
+        events,
+        ["message request -> Ok(())", "read closed -> Ok(())"]
+    );
+    assert!(connection.is_connected() && connection.is_read_closed());
+    connection.send(&b"later"[..]).unwrap();
+    connection.close();
+    connection.dispatch();
+    assert!(!connection.is_connected());
+    peer.set_nonblocking(false).unwrap();
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, wire(b"later"));
 }

@@ -327,6 +327,7 @@ impl Connection {
         let max_frame = budget.as_ref().map_or(config.max_frame_size, |b| {
             config.max_frame_size.min(b.cap())
         });
+        let whole = budget.is_some();
         let idle = config.idle_timeout.flatten();
         let frame = config.frame_timeout.flatten();
         let shortest = match (idle, frame) {
@@ -374,7 +375,11 @@ impl Connection {
                 state: Mutex::new(State {
                     stream: Some(stream),
                     closing: None,
-                    decoder: FrameDecoder::new(max_frame),
+                    decoder: if whole {
+                        FrameDecoder::new_whole(max_frame)
+                    } else {
+                        FrameDecoder::new(max_frame)
+                    },
                     outbox: Outbox::default(),
                     inbound: VecDeque::new(),
                     inbound_bytes: 0,
@@ -703,14 +708,18 @@ impl Connection {
             shared,
             handler: state.handlers.message.take(),
             generation: state.handlers.generation,
+            release: 0,
             ended: false,
         };
-        let mut release = give_back;
+        let mut release = 0;
         let mut event = state.next_event(&mut release);
         drop(state);
+        shared.release(give_back);
         let mut delivered = 0u64;
         while let Some(current) = event.take() {
-            shared.release(std::mem::take(&mut release));
+            // A message counts under the budget until its handler returns (even by a panic:
+            // the turn gives the bytes back then).
+            turn.release = std::mem::take(&mut release);
             let mut unhandled = 0;
             match current {
                 Event::Message(message) => match turn.handler.as_mut() {
@@ -733,6 +742,7 @@ impl Connection {
                 }
             }
             delivered += 1;
+            shared.release(std::mem::take(&mut turn.release));
             let stale = {
                 let mut state = shared.state.lock();
                 state.stats.messages_unhandled += unhandled;
@@ -744,6 +754,8 @@ impl Connection {
             };
             drop(stale);
         }
+        // A batch that ended on a popped event it did not deliver cannot happen (the last
+        // round pops nothing), so only a disconnect's `break` leaves bytes here: none.
         shared.release(release);
         if direct {
             turn.direct(delivered);
@@ -759,6 +771,8 @@ struct Turn<'a> {
     shared: &'a Shared,
     handler: Option<MessageHandler>,
     generation: u64,
+    /// The budget bytes of the message being handled.
+    release: usize,
     ended: bool,
 }
 
@@ -789,6 +803,7 @@ impl Turn<'_> {
 
     fn restore(&mut self) -> (Option<MessageHandler>, bool) {
         self.ended = true;
+        self.shared.release(std::mem::take(&mut self.release));
         let mut state = self.shared.state.lock();
         state.dispatching = false;
         let handlers = &mut state.handlers;
@@ -1053,7 +1068,9 @@ impl Shared {
                     drop(closing);
                     return;
                 }
-                if state.applied.read && !wanted.read {
+                // A pause, not the end of reading.
+                let reading = state.stream.is_some() && matches!(state.read_end, ReadEnd::Open);
+                if state.applied.read && !wanted.read && reading {
                     state.stats.read_watch_disabled += 1;
                 }
                 if !state.applied.write && wanted.write {

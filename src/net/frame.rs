@@ -37,6 +37,10 @@ pub(crate) struct TooLarge {
 #[derive(Debug)]
 pub(crate) struct FrameDecoder {
     max: usize,
+    /// Allocate a payload's buffer whole with its first byte: for connections whose frames
+    /// are reserved whole under a memory cap anyway (the pages are only touched as bytes
+    /// arrive, and no growth ever copies).
+    whole: bool,
     prefix: [u8; HEADER_LEN],
     prefix_have: usize,
     /// The frame whose prefix is complete and whose payload is still arriving.
@@ -54,9 +58,19 @@ impl FrameDecoder {
     pub(crate) fn new(max: usize) -> FrameDecoder {
         FrameDecoder {
             max,
+            whole: false,
             prefix: [0; HEADER_LEN],
             prefix_have: 0,
             partial: None,
+        }
+    }
+
+    /// A decoder that allocates each payload's buffer whole with its first byte — for a
+    /// connection that has reserved room for the whole frame by then.
+    pub(crate) fn new_whole(max: usize) -> FrameDecoder {
+        FrameDecoder {
+            whole: true,
+            ..FrameDecoder::new(max)
         }
     }
 
@@ -102,7 +116,15 @@ impl FrameDecoder {
                 continue;
             }
             let take = (partial.need - partial.bytes.len()).min(input.len());
-            grow_for(&mut partial.bytes, take, partial.need);
+            if self.whole {
+                // Allocated with the first payload byte, not with the prefix: a connection
+                // that reads only up to a prefix reserves the frame before its bytes come.
+                partial
+                    .bytes
+                    .reserve_exact(partial.need - partial.bytes.len());
+            } else {
+                grow_for(&mut partial.bytes, take, partial.need);
+            }
             partial.bytes.extend_from_slice(&input[..take]);
             input = &input[take..];
             if partial.bytes.len() == partial.need {
