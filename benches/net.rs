@@ -179,6 +179,26 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // `--profile main|epoll|tokio N`: one run of one side with N messages, for callgrind or
+    // perf (see BENCHMARKS.md).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--profile") {
+        let which = args.get(at + 1).map(String::as_str).unwrap_or("main");
+        let total: u64 = args
+            .get(at + 2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(100_000);
+        let took = match which {
+            "epoll" => epoll_echo(1, total),
+            "tokio" => tokio_echo(1, total),
+            _ => main_loop_echo(1, total),
+        };
+        println!(
+            "{which}: {total} messages, {:.0} ns each",
+            took.as_nanos() as f64 / total as f64
+        );
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let total: u64 = if quick { 100_000 } else { 1_000_000 };
     println!("echo of {total} framed 32-byte messages per row, ping-pong per connection");

@@ -750,6 +750,19 @@ impl Connection {
                 if delivered < batch {
                     event = state.next_event(&mut release);
                 }
+                if event.is_none() {
+                    // The common end: restore in this same critical section.
+                    let direct = if direct { delivered } else { 0 };
+                    let (restored, settle, status) = turn.restore_locked(&mut state, direct);
+                    drop(state);
+                    drop(stale);
+                    drop(restored);
+                    return if settle {
+                        shared.settle_status()
+                    } else {
+                        status
+                    };
+                }
                 stale
             };
             drop(stale);
@@ -757,10 +770,7 @@ impl Connection {
         // A batch that ended on a popped event it did not deliver cannot happen (the last
         // round pops nothing), so only a disconnect's `break` leaves bytes here: none.
         shared.release(release);
-        if direct {
-            turn.direct(delivered);
-        }
-        turn.end()
+        turn.end(if direct { delivered } else { 0 })
     }
 }
 
@@ -787,25 +797,31 @@ impl Turn<'_> {
         std::mem::replace(&mut self.handler, state.handlers.message.take())
     }
 
-    fn direct(&self, delivered: u64) {
-        self.shared.state.lock().stats.direct_deliveries += delivered;
-    }
-
     /// Puts the handler back and tells the glue what changed; returns the status.
-    fn end(mut self) -> DispatchStatus {
-        let (stale, settle) = self.restore();
+    fn end(mut self, direct: u64) -> DispatchStatus {
+        let (stale, settle, status) = {
+            let mut state = self.shared.state.lock();
+            self.restore_locked(&mut state, direct)
+        };
         drop(stale);
         if settle {
-            self.shared.settle();
+            self.shared.settle_status()
+        } else {
+            status
         }
-        self.shared.state.lock().status()
     }
 
-    fn restore(&mut self) -> (Option<MessageHandler>, bool) {
+    /// Ends the turn: the handler back in its slot unless replaced meanwhile (that one is
+    /// returned, to drop with no lock held), the next delivery let in. Returns it, whether the
+    /// glue must be told something, and the status.
+    fn restore_locked(
+        &mut self,
+        state: &mut State,
+        direct: u64,
+    ) -> (Option<MessageHandler>, bool, DispatchStatus) {
         self.ended = true;
-        self.shared.release(std::mem::take(&mut self.release));
-        let mut state = self.shared.state.lock();
         state.dispatching = false;
+        state.stats.direct_deliveries += direct;
         let handlers = &mut state.handlers;
         let stale = match self.handler.take() {
             Some(handler) if !handlers.finished && handlers.generation == self.generation => {
@@ -814,15 +830,24 @@ impl Turn<'_> {
             }
             other => other,
         };
-        (stale, state.needs_settle(&self.shared.config))
+        (
+            stale,
+            state.needs_settle(&self.shared.config),
+            state.status(),
+        )
     }
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
+        // Bytes of a message whose handler panicked.
+        self.shared.release(std::mem::take(&mut self.release));
         if !self.ended {
             // A handler panicked: restore, and leave telling the glue to the next call.
-            let (stale, _) = self.restore();
+            let (stale, _, _) = {
+                let mut state = self.shared.state.lock();
+                self.restore_locked(&mut state, 0)
+            };
             drop(stale);
         }
     }
@@ -1098,6 +1123,12 @@ impl Shared {
         }
     }
 
+    /// `settle`, then the status it left.
+    fn settle_status(&self) -> DispatchStatus {
+        self.settle();
+        self.state.lock().status()
+    }
+
     /// Tells the glue `wanted` (no lock held).
     fn apply(&self, wanted: Applied) {
         // Toggling only fails for a watch of another list, which these are not; a removed
@@ -1329,7 +1360,10 @@ impl Shared {
                                 Some(ReadStop::Fail(DisconnectReason::FrameTooLarge { len, max }));
                             break;
                         }
-                        if state.budget_wait {
+                        // A short read emptied the socket: another read would only say
+                        // "would block" (a system call for nothing); level-triggered glue
+                        // reports the socket again if more arrives (C17).
+                        if state.budget_wait || n < limit {
                             break;
                         }
                     }

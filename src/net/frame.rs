@@ -84,6 +84,27 @@ impl FrameDecoder {
         deliver: &mut impl FnMut(Vec<u8>),
     ) -> Result<(), TooLarge> {
         while !input.is_empty() {
+            // Between frames with a whole prefix at hand — the common case — skip the prefix
+            // bookkeeping; a whole payload too is copied out at once.
+            if self.partial.is_none() && self.prefix_have == 0 && input.len() >= HEADER_LEN {
+                let mut prefix = [0; HEADER_LEN];
+                prefix.copy_from_slice(&input[..HEADER_LEN]);
+                let len = u32::from_le_bytes(prefix) as usize;
+                if len > self.max {
+                    return Err(TooLarge { len, max: self.max });
+                }
+                input = &input[HEADER_LEN..];
+                if input.len() >= len {
+                    deliver(input[..len].to_vec());
+                    input = &input[len..];
+                } else {
+                    self.partial = Some(Partial {
+                        bytes: Vec::new(),
+                        need: len,
+                    });
+                }
+                continue;
+            }
             let Some(partial) = self.partial.as_mut() else {
                 let take = (HEADER_LEN - self.prefix_have).min(input.len());
                 self.prefix[self.prefix_have..self.prefix_have + take]

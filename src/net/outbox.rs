@@ -177,7 +177,7 @@ impl Outbox {
 
 /// Payloads up to this size are copied behind their prefix on the stack and written with one
 /// `send`; longer ones go out as two slices with one `sendmsg`.
-const SMALL_FRAME: usize = 512;
+const SMALL_FRAME: usize = 128;
 
 /// Writes one frame straight to the socket, as far as it takes it, with one system call;
 /// returns the wire bytes written (`WouldBlock` counts as 0). `payload.len()` must fit the
