@@ -1303,6 +1303,8 @@ fn a_peer_that_closes_with_our_data_unread_is_peer_closed_not_connection_reset()
     );
 }
 
+const REQUEST: usize = 16 * 1024 - 4;
+
 /// A peer that half-closes and reads: what the handlers send after the end of file reaches
 /// it, however much, before the connection closes — or not, under the other policies.
 fn half_closed_peer(policy: HalfClose) -> (Vec<u8>, Vec<String>, Connection, UnixStream) {
@@ -1314,10 +1316,9 @@ fn half_closed_peer(policy: HalfClose) -> (Vec<u8>, Vec<String>, Connection, Uni
     let sink = Arc::clone(&events);
     connection.set_message_handler(move |connection, message| {
         let sent = connection.send(vec![7u8; 1 << 20]);
-        sink.lock().unwrap().push(format!(
-            "message {} -> {sent:?}",
-            String::from_utf8_lossy(&message)
-        ));
+        sink.lock()
+            .unwrap()
+            .push(format!("message of {} bytes -> {sent:?}", message.len()));
     });
     let sink = Arc::clone(&events);
     connection.set_read_closed_handler(move |connection| {
@@ -1328,7 +1329,9 @@ fn half_closed_peer(policy: HalfClose) -> (Vec<u8>, Vec<String>, Connection, Uni
     });
     let reg = registry();
     attach(&connection, &reg, "a");
-    peer.write_all(&wire(b"request")).unwrap();
+    // A request that fills one 16 KiB read exactly, so that the connection reads the end of
+    // file in the same pass as the request (the case issue 8 found), then the end of file.
+    peer.write_all(&wire(&[b'r'; REQUEST])).unwrap();
     peer.shutdown(std::net::Shutdown::Write).unwrap();
     peer.set_nonblocking(true).unwrap();
     let mut got = Vec::new();
@@ -1371,7 +1374,7 @@ fn half_close_flush_sends_every_reply_then_closes() {
     assert_eq!(
         events,
         [
-            "message request -> Ok(())",
+            "message of 16380 bytes -> Ok(())",
             "read closed -> Ok(())",
             "disconnect PeerClosed"
         ]
@@ -1386,7 +1389,7 @@ fn half_close_close_is_libdbus_closing_at_once() {
     assert_eq!(
         events,
         [
-            "message request -> Err(Disconnected)",
+            "message of 16380 bytes -> Err(Disconnected)",
             "read closed -> Err(Disconnected)",
             "disconnect PeerClosed"
         ]
@@ -1400,7 +1403,7 @@ fn half_close_keep_stays_open_for_writing_until_closed() {
     assert_eq!(got.len(), 4 + (1 << 20) + 4 + 3);
     assert_eq!(
         events,
-        ["message request -> Ok(())", "read closed -> Ok(())"]
+        ["message of 16380 bytes -> Ok(())", "read closed -> Ok(())"]
     );
     assert!(connection.is_connected() && connection.is_read_closed());
     connection.send(&b"later"[..]).unwrap();
