@@ -1,10 +1,15 @@
 //! Echo of small framed messages (u32 little-endian length + 32-byte payload), ping-pong per
 //! connection, over 1 and 100 socketpair connections — through `MainLoop` + `net::Connection`,
 //! through a hand-written epoll loop with the same framing (the physical limit), and through
-//! tokio's current-thread runtime with the framing written by hand. One run, medians of
+//! tokio's current-thread runtime with the same framing written by hand. All three sides do
+//! the same system calls per frame: one read per readiness into a buffer that frames are
+//! parsed from, and one write per frame with prefix and payload together (`send_frame` on
+//! the loopglue side, `write_all` of the whole frame on the others). One run, medians of
 //! three alternating runs each, ratios against the hand-written loop.
 //!
 //! `cargo bench --bench net` (1,000,000 messages per row) or `-- --quick` (100,000).
+//! `cargo bench --bench net -- --profile main|epoll|tokio N` runs one side once, for
+//! `valgrind --tool=callgrind` (see BENCHMARKS.md).
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -125,8 +130,31 @@ fn epoll_echo(n: usize, per_conn: u64) -> Duration {
     start.elapsed()
 }
 
+/// Reads into `buf` until it holds a whole frame, and takes that frame out (prefix
+/// included); `None` at end of file. Reads as much as the socket has per call, like the
+/// other two sides.
+async fn tokio_frame(
+    stream: &mut tokio::net::UnixStream,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if buf.len() >= 4 {
+            let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+            if buf.len() >= 4 + len {
+                return Some(buf.drain(..4 + len).collect());
+            }
+        }
+        match stream.read(chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(got) => buf.extend_from_slice(&chunk[..got]),
+        }
+    }
+}
+
 fn tokio_echo(n: usize, per_conn: u64) -> Duration {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -137,13 +165,10 @@ fn tokio_echo(n: usize, per_conn: u64) -> Duration {
         for _ in 0..n {
             let (a, b) = tokio::net::UnixStream::pair().unwrap();
             tasks.push(tokio::task::spawn(async move {
-                let mut b = b;
-                let mut header = [0u8; 4];
-                while b.read_exact(&mut header).await.is_ok() {
-                    let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
-                    b.read_exact(&mut body).await.unwrap();
-                    b.write_all(&header).await.unwrap();
-                    b.write_all(&body).await.unwrap();
+                let (mut b, mut buf, mut chunk) = (b, Vec::new(), vec![0u8; 64 * 1024]);
+                // One write per frame, prefix and payload together, as on the other sides.
+                while let Some(frame) = tokio_frame(&mut b, &mut buf, &mut chunk).await {
+                    b.write_all(&frame).await.unwrap();
                 }
             }));
             clients.push(a);
@@ -153,13 +178,11 @@ fn tokio_echo(n: usize, per_conn: u64) -> Duration {
             .into_iter()
             .map(|mut a| {
                 tokio::task::spawn(async move {
-                    let wire = frame();
-                    let mut header = [0u8; 4];
-                    let mut body = [0u8; 32];
+                    let (wire, mut buf, mut chunk) = (frame(), Vec::new(), vec![0u8; 64 * 1024]);
                     for _ in 0..per_conn {
                         a.write_all(&wire).await.unwrap();
-                        a.read_exact(&mut header).await.unwrap();
-                        a.read_exact(&mut body).await.unwrap();
+                        let echo = tokio_frame(&mut a, &mut buf, &mut chunk).await.unwrap();
+                        assert_eq!(echo.len(), wire.len());
                     }
                 })
             })

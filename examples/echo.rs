@@ -1,11 +1,14 @@
-//! The main job: a `net::Server` and a few `net::Connection` clients on the built-in
-//! `MainLoop`, in one process. Every client sends a numbered message, waits for its echo,
-//! checks it, and sends the next; at the end the example prints a short report and exits 0.
+//! The main job: a `net::Server` and a few `net::Connection` clients on one event loop, in
+//! one process. Every client sends a numbered message, waits for its echo, checks it, and
+//! sends the next; at the end the example prints a short report and exits 0.
 //!
 //! ```sh
 //! cargo run --example echo
 //! cargo run --release --example echo -- --clients 100 --messages 10000
 //! ```
+//!
+//! The loop is chosen in one place, [`event_loop`]: everything else talks to it through the
+//! three things an application does with a loop — attach a source, detach it, run a turn.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,6 +17,35 @@ use std::time::{Duration, Instant};
 
 use loopglue::net::{Connection, ConnectionStats, Server};
 use loopglue::{MainLoop, Source};
+
+/// What the example needs from an event loop.
+trait EventLoop: Send + Sync {
+    fn attach(&self, source: Arc<dyn Source>) -> std::io::Result<()>;
+    fn detach(&self, source: &dyn Source) -> std::io::Result<()>;
+    /// Waits at most `timeout` for something to do, and does it.
+    fn turn(&self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl EventLoop for MainLoop {
+    fn attach(&self, source: Arc<dyn Source>) -> std::io::Result<()> {
+        MainLoop::attach(self, source)
+    }
+
+    fn detach(&self, source: &dyn Source) -> std::io::Result<()> {
+        MainLoop::detach(self, source)
+    }
+
+    fn turn(&self, timeout: Duration) -> std::io::Result<()> {
+        self.run_once(Some(timeout)).map(drop)
+    }
+}
+
+/// The loop the example runs on: the one place to choose it.
+fn event_loop() -> Result<Arc<dyn EventLoop>, String> {
+    Ok(Arc::new(
+        MainLoop::new().map_err(|e| format!("main loop: {e}"))?,
+    ))
+}
 
 struct Options {
     clients: usize,
@@ -65,15 +97,16 @@ fn add(total: &mut ConnectionStats, s: ConnectionStats) {
 fn run(options: &Options) -> Result<String, String> {
     let path = std::env::temp_dir().join(format!("loopglue-echo-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let main_loop = Arc::new(MainLoop::new().map_err(|e| format!("main loop: {e}"))?);
+    let looper = event_loop()?;
 
     // The server side: every accepted connection echoes what it receives.
     let server = Server::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?;
+    server.set_accept_error_function(|e| eprintln!("echo: server cannot accept: {e}"));
     let accepted: Arc<Mutex<Vec<Connection>>> = Arc::default();
     let server_gone = Arc::new(AtomicUsize::new(0));
     {
         let (lp, accepted, gone) = (
-            Arc::clone(&main_loop),
+            Arc::clone(&looper),
             Arc::clone(&accepted),
             Arc::clone(&server_gone),
         );
@@ -100,7 +133,7 @@ fn run(options: &Options) -> Result<String, String> {
         });
     }
     let server_source: Arc<dyn Source> = Arc::new(server.clone());
-    main_loop
+    looper
         .attach(Arc::clone(&server_source))
         .map_err(|e| format!("attach server: {e}"))?;
 
@@ -126,7 +159,7 @@ fn run(options: &Options) -> Result<String, String> {
                 finished.fetch_add(1, Ordering::Relaxed);
             }
         });
-        main_loop
+        looper
             .attach(Arc::new(client.clone()))
             .map_err(|e| format!("attach client: {e}"))?;
         clients.push(client);
@@ -147,8 +180,8 @@ fn run(options: &Options) -> Result<String, String> {
                 clients.len()
             ));
         }
-        main_loop
-            .run_once(Some(Duration::from_millis(100)))
+        looper
+            .turn(Duration::from_millis(100))
             .map_err(|e| format!("loop: {e}"))?;
     }
     let elapsed = start.elapsed();
@@ -158,7 +191,7 @@ fn run(options: &Options) -> Result<String, String> {
     for client in &clients {
         add(&mut client_stats, client.stats());
         client.close();
-        main_loop
+        looper
             .detach(client)
             .map_err(|e| format!("detach client: {e}"))?;
     }
@@ -166,8 +199,8 @@ fn run(options: &Options) -> Result<String, String> {
         if Instant::now() > deadline {
             return Err("the server did not see every client hang up".into());
         }
-        main_loop
-            .run_once(Some(Duration::from_millis(100)))
+        looper
+            .turn(Duration::from_millis(100))
             .map_err(|e| format!("loop: {e}"))?;
     }
     let mut server_stats = ConnectionStats::default();
@@ -175,7 +208,7 @@ fn run(options: &Options) -> Result<String, String> {
         add(&mut server_stats, conn.stats());
     }
     server.disconnect();
-    main_loop
+    looper
         .detach(&*server_source)
         .map_err(|e| format!("detach: {e}"))?;
 
