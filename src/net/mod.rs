@@ -15,18 +15,24 @@
 //!   socket, the read watch off while the inbound queue is full (back-pressure);
 //! * bounded work per readiness report (read and write budgets), so glue must be
 //!   level-triggered (C17);
-//! * a dispatch status and [`dispatch`](Connection::dispatch) that delivers received messages
-//!   in batches (C16), and a wakeup when output is queued from a thread other than the loop's;
-//! * an optional idle timeout, restarted on every read or write;
-//! * on any end — end of file, a socket error, a frame over the maximum, end of file inside a
-//!   frame, the idle timeout, [`close`](Connection::close) — its watches and timeout leave
-//!   their lists before its socket closes (C15), and exactly one [`DisconnectReason`] is
-//!   dispatched, after the messages received before it.
+//! * messages read while nothing is queued go straight to the message handler; the rest wait
+//!   for [`dispatch`](Connection::dispatch), which delivers them in batches with a dispatch
+//!   status (C16); a wakeup when output is queued from a thread other than the loop's;
+//! * end of file from the peer is a half-close ([`HalfClose`]): by default what was read is
+//!   delivered, the read-closed event told, the replies flushed, then the connection closes;
+//! * optional idle and frame-completion timeouts, checked by one periodic timeout — on by
+//!   default for connections a [`Server`] accepts, so silent and trickling clients go;
+//! * on any end — the peer gone, a socket error, a frame over the maximum, end of file inside
+//!   a frame, a timeout, [`close`](Connection::close) — its watches and timeout leave their
+//!   lists before its socket closes (C15), and exactly one [`DisconnectReason`] is
+//!   delivered, after the messages received before it.
 //!
 //! Bad input never panics and never allocates by the peer's word: a payload buffer grows only
 //! as its bytes arrive, so a frame announcing 4 GiB costs what actually came. A peer that does
 //! not read fills the outbound queue up to its cap, and then [`send`](Connection::send) says
-//! [`SendError::QueueFull`] — nothing queued is dropped.
+//! [`SendError::QueueFull`] — nothing queued is dropped. All of a server's connections
+//! together buffer at most [`ServerConfig::max_buffered_bytes`]: reaching it pauses reading
+//! and drops nothing.
 //!
 //! # Examples
 //!
