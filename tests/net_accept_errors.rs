@@ -10,6 +10,9 @@ use loopglue::net::Server;
 use loopglue::{Delivery, WatchFlags};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
+/// An error as the function saw it: its OS code and its text.
+type Reported = (Option<i32>, String);
+
 /// The lowest descriptor number not in use: with the soft limit set to it, the next
 /// descriptor the process opens fails with EMFILE.
 fn lowest_free_fd() -> u64 {
@@ -23,7 +26,7 @@ fn emfile_on_accept_reaches_the_accept_error_function_and_the_counter() {
     let path = std::env::temp_dir().join(format!("loopglue-emfile-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let server = Server::bind(&path).unwrap();
-    let errors: Arc<Mutex<Vec<(Option<i32>, String)>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<Reported>>> = Arc::default();
     let sink = Arc::clone(&errors);
     server.set_accept_error_function(move |error: &io::Error| {
         sink.lock()

@@ -1440,7 +1440,8 @@ impl Shared {
                 return;
             }
             let reading = state.wants_read(&self.config);
-            if state.activity || !(reading || !state.outbox.is_empty()) {
+            let waiting_on_peer = reading || !state.outbox.is_empty();
+            if state.activity || !waiting_on_peer {
                 state.idle_ticks = 0;
             } else {
                 state.idle_ticks = state.idle_ticks.saturating_add(1);
