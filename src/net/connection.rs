@@ -31,8 +31,9 @@ use crate::{
 const READ_CHUNK: usize = 16 * 1024;
 
 thread_local! {
-    /// The read buffer of the connections this thread reads for; see `read_some`.
-    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+    /// The read buffer of the connections this thread reads for, zeroed once on first use;
+    /// see `read_some`.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 type MessageHandler = Box<dyn FnMut(&Connection, Vec<u8>) + Send>;
@@ -261,9 +262,17 @@ enum ReadStop {
 fn thread_key() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local! {
-        static KEY: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Const-initialised (no lazy-init check on each access), assigned on first use.
+        static KEY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
-    KEY.with(|key| *key)
+    KEY.with(|key| match key.get() {
+        0 => {
+            let new = NEXT.fetch_add(1, Ordering::Relaxed);
+            key.set(new);
+            new
+        }
+        known => known,
+    })
 }
 
 impl Connection {
@@ -1281,7 +1290,12 @@ impl Shared {
             let mut owned;
             let mut borrowed = cell.try_borrow_mut().ok();
             let chunk: &mut [u8] = match borrowed.as_deref_mut() {
-                Some(buffer) => buffer,
+                Some(buffer) => {
+                    if buffer.len() < READ_CHUNK {
+                        buffer.resize(READ_CHUNK, 0);
+                    }
+                    buffer
+                }
                 None => {
                     owned = vec![0u8; READ_CHUNK];
                     &mut owned
