@@ -61,7 +61,10 @@ pub enum HalfClose {
     /// and close once the read-closed event is delivered and the outbound queue is empty —
     /// with [`DisconnectReason::PeerClosed`](super::DisconnectReason::PeerClosed) (or
     /// [`TruncatedFrame`](super::DisconnectReason::TruncatedFrame) if the stream ended
-    /// inside a frame). Nothing read is lost, nor any reply sent before the close.
+    /// inside a frame). Nothing read is lost, nor any reply sent before the close. A peer
+    /// that half-closes and then never reads its replies holds the connection until the idle
+    /// timeout (on by default for a [`Server`](super::Server)'s connections) or
+    /// [`close`](super::Connection::close).
     #[default]
     Flush,
     /// libdbus's behaviour: close at once. The messages already read and the read-closed
