@@ -776,6 +776,7 @@ fn hang_up_reports_exactly_one_disconnect_after_earlier_messages_c15() {
         ["message one", "message two", "read closed"]
     );
     assert_eq!(*statuses.lock().unwrap(), [DispatchStatus::DataRemains]);
+    assert_eq!(connection.stats().direct_deliveries, 2);
 
     // Then the one disconnect; more dispatching and closing add nothing.
     assert_eq!(connection.dispatch(), DispatchStatus::Complete);

@@ -725,16 +725,20 @@ impl Connection {
         drop(state);
         shared.release(give_back);
         let mut delivered = 0u64;
+        let mut messages = 0u64;
         while let Some(current) = event.take() {
             // A message counts under the budget until its handler returns (even by a panic:
             // the turn gives the bytes back then).
             turn.release = std::mem::take(&mut release);
             let mut unhandled = 0;
             match current {
-                Event::Message(message) => match turn.handler.as_mut() {
-                    Some(handler) => handler(self, message),
-                    None => unhandled = 1,
-                },
+                Event::Message(message) => {
+                    messages += 1;
+                    match turn.handler.as_mut() {
+                        Some(handler) => handler(self, message),
+                        None => unhandled = 1,
+                    }
+                }
                 Event::ReadClosed(handler) => {
                     if let Some(handler) = handler {
                         handler(self);
@@ -761,7 +765,7 @@ impl Connection {
                 }
                 if event.is_none() {
                     // The common end: restore in this same critical section.
-                    let direct = if direct { delivered } else { 0 };
+                    let direct = if direct { messages } else { 0 };
                     let (restored, settle, status) = turn.restore_locked(&mut state, direct);
                     drop(state);
                     drop(stale);
@@ -776,10 +780,10 @@ impl Connection {
             };
             drop(stale);
         }
-        // A batch that ended on a popped event it did not deliver cannot happen (the last
-        // round pops nothing), so only a disconnect's `break` leaves bytes here: none.
+        // Here when there was nothing to deliver, or after the disconnect event (which
+        // carries no bytes): `release` is 0, given back for form's sake.
         shared.release(release);
-        turn.end(if direct { delivered } else { 0 })
+        turn.end(if direct { messages } else { 0 })
     }
 }
 
