@@ -75,14 +75,17 @@ fn twenty_clients_sending_16_mib_frames_stay_under_a_40_mib_cap_and_all_arrive()
     let server = Server::bind_with(&path, config).unwrap();
     let arrived: Arc<Mutex<Vec<u64>>> = Arc::default();
     let damaged = Arc::new(AtomicUsize::new(0));
+    let accepted: Arc<Mutex<Vec<Connection>>> = Arc::default();
     {
-        let (lp, arrived, damaged, pattern) = (
+        let (lp, arrived, damaged, pattern, accepted) = (
             Arc::clone(&main_loop),
             Arc::clone(&arrived),
             Arc::clone(&damaged),
             Arc::clone(&pattern),
+            Arc::clone(&accepted),
         );
         server.set_new_connection_function(move |conn: Connection| {
+            accepted.lock().unwrap().push(conn.clone());
             let (arrived, damaged, pattern) = (
                 Arc::clone(&arrived),
                 Arc::clone(&damaged),
@@ -144,6 +147,16 @@ fn twenty_clients_sending_16_mib_frames_stay_under_a_40_mib_cap_and_all_arrive()
         stats.peak_reserved_bytes
     );
     assert!(stats.budget_waits > 0, "the cap was reached: {stats:?}");
+    let paused: u64 = accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.stats().read_watch_disabled)
+        .sum();
+    assert!(
+        paused > 0,
+        "waiting connections turned their read watches off"
+    );
     assert!(
         peak <= CAP + SLACK,
         "the heap grew by {} MiB; cap {} MiB",
