@@ -147,6 +147,7 @@ fn twenty_clients_sending_16_mib_frames_stay_under_a_40_mib_cap_and_all_arrive()
         stats.peak_reserved_bytes
     );
     assert!(stats.budget_waits > 0, "the cap was reached: {stats:?}");
+    assert_eq!(stats.reserved_bytes, 0, "every reservation given back");
     let paused: u64 = accepted
         .lock()
         .unwrap()

@@ -1416,3 +1416,47 @@ fn half_close_keep_stays_open_for_writing_until_closed() {
     peer.read_to_end(&mut rest).unwrap();
     assert_eq!(rest, wire(b"later"));
 }
+
+#[test]
+fn a_frame_longer_than_the_servers_memory_cap_is_refused_from_its_prefix() {
+    let path = socket_path("cap");
+    let server = Server::bind_with(&path, ServerConfig::new().max_buffered_bytes(1024)).unwrap();
+    let reg = registry();
+    attach(&server, &reg, "srv");
+    let accepted: Arc<Mutex<Vec<(Connection, Events)>>> = Arc::default();
+    let keep = Arc::clone(&accepted);
+    let glue = Arc::clone(&reg);
+    server.set_new_connection_function(move |connection| {
+        let events = record_events(&connection);
+        attach(&connection, &glue, "conn");
+        keep.lock().unwrap().push((connection, events));
+    });
+    let mut client = UnixStream::connect(&path).unwrap();
+    client.write_all(&wire(&[0xff; 1000])).unwrap(); // not UTF-8: logged by length
+    client.write_all(&2000u32.to_le_bytes()).unwrap();
+    let done = || {
+        let accepted = accepted.lock().unwrap();
+        accepted
+            .first()
+            .is_some_and(|(_, events)| events_of(events).len() == 2)
+    };
+    let sources: Vec<&dyn Source> = vec![&server];
+    assert!(pump(&reg, &sources, LIMIT, || {
+        let accepted = accepted.lock().unwrap();
+        for (connection, _) in accepted.iter() {
+            connection.dispatch();
+        }
+        drop(accepted);
+        done()
+    }));
+    let accepted = accepted.lock().unwrap();
+    assert_eq!(
+        events_of(&accepted[0].1),
+        [
+            "message of 1000 bytes".to_string(),
+            "disconnect FrameTooLarge { len: 2000, max: 1024 }".to_string()
+        ]
+    );
+    assert_eq!(server.stats().reserved_bytes, 0);
+    assert!(server.stats().peak_reserved_bytes <= 1024);
+}
