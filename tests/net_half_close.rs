@@ -49,6 +49,8 @@ fn with_echo_server(tag: &str, serve: impl FnOnce(&std::path::Path)) -> Arc<Seen
     let main_loop = Arc::new(MainLoop::new().unwrap());
     let server = Server::bind(&path).unwrap();
     let seen = Arc::new(Seen::default());
+    let (end_tx, ended) = std::sync::mpsc::channel::<()>();
+    let end_tx = Mutex::new(end_tx);
     {
         let (lp, seen) = (Arc::clone(&main_loop), Arc::clone(&seen));
         server.set_new_connection_function(move |conn: Connection| {
@@ -63,9 +65,11 @@ fn with_echo_server(tag: &str, serve: impl FnOnce(&std::path::Path)) -> Arc<Seen
                 closed.read_closed.fetch_add(1, Ordering::Relaxed);
             });
             let (done, lp2, me) = (Arc::clone(&seen), Arc::clone(&lp), conn.clone());
+            let tell = end_tx.lock().unwrap().clone();
             conn.set_disconnect_handler(move |reason| {
                 done.reasons.lock().unwrap().push(format!("{reason:?}"));
                 let _ = lp2.detach(&me);
+                let _ = tell.send(());
             });
             lp.attach(Arc::new(conn)).unwrap();
         });
@@ -79,8 +83,11 @@ fn with_echo_server(tag: &str, serve: impl FnOnce(&std::path::Path)) -> Arc<Seen
     serve(&path);
     // Every connection ends (the server closes each once its reply is out); then stop.
     let deadline = std::time::Instant::now() + DEADLINE;
-    while seen.reasons.lock().unwrap().len() < CLIENTS && std::time::Instant::now() < deadline {
-        std::thread::yield_now();
+    for _ in 0..CLIENTS {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if ended.recv_timeout(left).is_err() {
+            break;
+        }
     }
     handle.quit();
     runner.join().unwrap();
