@@ -8,7 +8,7 @@
 //! three alternating runs each, ratios against the hand-written loop.
 //!
 //! `cargo bench --bench net` (1,000,000 messages per row) or `-- --quick` (100,000).
-//! `cargo bench --bench net -- --profile main|epoll|tokio N` runs one side once, for
+//! `cargo bench --bench net -- --profile main|epoll|tokio N [CONNS]` runs one side once, for
 //! `valgrind --tool=callgrind` (see BENCHMARKS.md).
 
 use std::io::{Read, Write};
@@ -22,6 +22,45 @@ use loopglue::net::Connection;
 use loopglue::MainLoop;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
+/// Wall time and this thread's CPU time (user + system) of a timed region. Every side runs
+/// on one thread, so its CPU time is the work it did, system calls included; on a busy
+/// machine the wall time also counts waiting for a core, the CPU time much less so.
+#[derive(Clone, Copy)]
+struct Took {
+    wall: Duration,
+    cpu: Duration,
+}
+
+struct Clock {
+    wall: Instant,
+    cpu: Duration,
+}
+
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+    let time = |t: nix::sys::time::TimeVal| {
+        Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1_000)
+    };
+    time(usage.user_time()) + time(usage.system_time())
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            wall: Instant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+
+    fn took(&self) -> Took {
+        Took {
+            wall: self.wall.elapsed(),
+            cpu: thread_cpu() - self.cpu,
+        }
+    }
+}
+
 const PAYLOAD: [u8; 32] = *b"loopglue echo benchmark payload!";
 
 fn frame() -> Vec<u8> {
@@ -30,7 +69,7 @@ fn frame() -> Vec<u8> {
     f
 }
 
-fn main_loop_echo(n: usize, per_conn: u64) -> Duration {
+fn main_loop_echo(n: usize, per_conn: u64) -> Took {
     let lp = MainLoop::new().unwrap();
     let finished = Arc::new(AtomicUsize::new(0));
     let mut conns = Vec::new();
@@ -53,14 +92,14 @@ fn main_loop_echo(n: usize, per_conn: u64) -> Duration {
         lp.attach(Arc::new(service.clone())).unwrap();
         conns.push((client, service));
     }
-    let start = Instant::now();
+    let start = Clock::start();
     for (client, _) in &conns {
         client.send(PAYLOAD.to_vec()).unwrap();
     }
     while finished.load(Ordering::Relaxed) < n {
         lp.run_once(None).unwrap();
     }
-    start.elapsed()
+    start.took()
 }
 
 /// One socket end of the hand-written loop: bytes read so far, frames parsed from them.
@@ -71,7 +110,7 @@ struct End {
     count: u64,
 }
 
-fn epoll_echo(n: usize, per_conn: u64) -> Duration {
+fn epoll_echo(n: usize, per_conn: u64) -> Took {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
     let mut ends = Vec::with_capacity(2 * n);
     for _ in 0..n {
@@ -94,7 +133,7 @@ fn epoll_echo(n: usize, per_conn: u64) -> Duration {
     let mut events = vec![EpollEvent::empty(); 1024];
     let mut chunk = [0u8; 64 * 1024];
     let mut finished = 0;
-    let start = Instant::now();
+    let start = Clock::start();
     for end in ends.iter().filter(|e| e.client) {
         (&end.stream).write_all(&wire).unwrap();
     }
@@ -127,7 +166,7 @@ fn epoll_echo(n: usize, per_conn: u64) -> Duration {
             }
         }
     }
-    start.elapsed()
+    start.took()
 }
 
 /// Reads into `buf` until it holds a whole frame, and takes that frame out (prefix
@@ -153,7 +192,7 @@ async fn tokio_frame(
     }
 }
 
-fn tokio_echo(n: usize, per_conn: u64) -> Duration {
+fn tokio_echo(n: usize, per_conn: u64) -> Took {
     use tokio::io::AsyncWriteExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -173,7 +212,7 @@ fn tokio_echo(n: usize, per_conn: u64) -> Duration {
             }));
             clients.push(a);
         }
-        let start = Instant::now();
+        let start = Clock::start();
         let runs: Vec<_> = clients
             .into_iter()
             .map(|mut a| {
@@ -190,7 +229,7 @@ fn tokio_echo(n: usize, per_conn: u64) -> Duration {
         for run in runs {
             run.await.unwrap();
         }
-        let took = start.elapsed();
+        let took = start.took();
         drop(tasks);
         took
     })
@@ -202,32 +241,33 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    // `--profile main|epoll|tokio N`: one run of one side with N messages, for callgrind or
-    // perf (see BENCHMARKS.md).
+    // `--profile main|epoll|tokio N [CONNS]`: one run of one side with N messages over CONNS
+    // connections (1), for callgrind or perf (see BENCHMARKS.md).
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--profile") {
         let which = args.get(at + 1).map(String::as_str).unwrap_or("main");
-        let total: u64 = args
-            .get(at + 2)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(100_000);
+        let total: u64 = args.get(at + 2).and_then(|n| n.parse().ok()).unwrap_or(100_000);
+        let conns: usize = args.get(at + 3).and_then(|n| n.parse().ok()).unwrap_or(1);
+        let per_conn = total / conns as u64;
         let took = match which {
-            "epoll" => epoll_echo(1, total),
-            "tokio" => tokio_echo(1, total),
-            _ => main_loop_echo(1, total),
+            "epoll" => epoll_echo(conns, per_conn),
+            "tokio" => tokio_echo(conns, per_conn),
+            _ => main_loop_echo(conns, per_conn),
         };
         println!(
-            "{which}: {total} messages, {:.0} ns each",
-            took.as_nanos() as f64 / total as f64
+            "{which}: {total} messages, {:.0} ns each ({:.0} ns of CPU)",
+            took.wall.as_nanos() as f64 / total as f64,
+            took.cpu.as_nanos() as f64 / total as f64
         );
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let total: u64 = if quick { 100_000 } else { 1_000_000 };
     println!("echo of {total} framed 32-byte messages per row, ping-pong per connection");
+    println!("ns per round trip, wall clock (and the thread's CPU time), medians of 3");
     println!(
-        "{:>6} {:>14} {:>14} {:>14} {:>10} {:>10}",
-        "conns", "MainLoop ns", "epoll ns", "tokio ns", "vs epoll", "vs tokio"
+        "{:>6} {:>16} {:>16} {:>16} {:>16} {:>16}",
+        "conns", "MainLoop", "epoll", "tokio", "vs epoll", "vs tokio"
     );
     for n in [1usize, 100] {
         let per_conn = total / n as u64;
@@ -237,16 +277,28 @@ fn main() {
         let (mut ours, mut hand, mut tok) = (Vec::new(), Vec::new(), Vec::new());
         let per_run = per_conn / 3;
         let msgs = (per_run * n as u64) as f64;
+        let per = |t: Took| {
+            (
+                t.wall.as_nanos() as f64 / msgs,
+                t.cpu.as_nanos() as f64 / msgs,
+            )
+        };
         for _ in 0..3 {
-            hand.push(epoll_echo(n, per_run).as_nanos() as f64 / msgs);
-            ours.push(main_loop_echo(n, per_run).as_nanos() as f64 / msgs);
-            tok.push(tokio_echo(n, per_run).as_nanos() as f64 / msgs);
+            hand.push(per(epoll_echo(n, per_run)));
+            ours.push(per(main_loop_echo(n, per_run)));
+            tok.push(per(tokio_echo(n, per_run)));
         }
-        let (a, b, c) = (median(ours), median(hand), median(tok));
+        let wall = |v: &[(f64, f64)]| median(v.iter().map(|x| x.0).collect());
+        let cpu = |v: &[(f64, f64)]| median(v.iter().map(|x| x.1).collect());
+        let (a, b, c) = (wall(&ours), wall(&hand), wall(&tok));
+        let (ac, bc, cc) = (cpu(&ours), cpu(&hand), cpu(&tok));
         println!(
-            "{n:>6} {a:>14.0} {b:>14.0} {c:>14.0} {:>9.3}x {:>9.3}x",
-            a / b,
-            a / c
+            "{n:>6} {:>16} {:>16} {:>16} {:>16} {:>16}",
+            format!("{a:.0} ({ac:.0})"),
+            format!("{b:.0} ({bc:.0})"),
+            format!("{c:.0} ({cc:.0})"),
+            format!("{:.3}x ({:.3}x)", a / b, ac / bc),
+            format!("{:.3}x ({:.3}x)", a / c, ac / cc),
         );
     }
 }
