@@ -39,9 +39,8 @@ struct Clock {
 fn thread_cpu() -> Duration {
     use nix::sys::resource::{getrusage, UsageWho};
     let usage = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
-    let time = |t: nix::sys::time::TimeVal| {
-        Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1_000)
-    };
+    let time =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1_000);
     time(usage.user_time()) + time(usage.system_time())
 }
 
@@ -246,7 +245,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--profile") {
         let which = args.get(at + 1).map(String::as_str).unwrap_or("main");
-        let total: u64 = args.get(at + 2).and_then(|n| n.parse().ok()).unwrap_or(100_000);
+        let total: u64 = args
+            .get(at + 2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(100_000);
         let conns: usize = args.get(at + 3).and_then(|n| n.parse().ok()).unwrap_or(1);
         let per_conn = total / conns as u64;
         let took = match which {
