@@ -1236,8 +1236,10 @@ impl Shared {
                         state.activity = true;
                     }
                     if written == HEADER_LEN + len {
+                        // All out, nothing queued: nothing the glue or the budget must hear.
                         state.stats.messages_sent += 1;
                         state.stats.direct_writes += 1;
+                        return Ok(());
                     } else {
                         state.outbox.push_rest(payload, written);
                     }
