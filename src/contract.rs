@@ -148,7 +148,10 @@
 //! reads the status once after installing and calls `dispatch()` from its loop until
 //! `Complete`. `dispatch()` may be called from inside the status function (libdbus deadlocks
 //! there); a status change reported while the function runs is delivered after it returns, so
-//! the glue's last word is the latest status and calls never nest.
+//! the glue's last word is the latest status and calls never nest. Statuses computed on
+//! several threads must not reach the notifier out of order; producers that cannot promise it
+//! report with [`StatusNotifier::refresh`](crate::StatusNotifier::refresh), which re-reads
+//! the live status.
 //!
 //! **C17 — level-triggered delivery.** A producer may consume only part of what is ready per
 //! `handle` (libdbus reads 2 KiB). Glue over an edge-triggered loop re-checks readiness after

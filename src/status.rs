@@ -89,17 +89,67 @@ impl StatusNotifier {
     /// Records the producer's status and tells the glue if it differs from what the glue was
     /// last told.
     ///
+    /// The statuses must reach the notifier in the order they became true. A producer whose
+    /// threads compute a status under their own lock and report it after releasing that lock
+    /// can deliver them out of order — a stale `Complete` overtaking a fresh `DataRemains`
+    /// strands queued work — and should use [`refresh`](Self::refresh) instead.
+    ///
     /// # Panics
     ///
     /// If the glue's function panics; the notifier stays usable.
     pub fn update(&self, status: DispatchStatus) {
+        self.notify(status, None);
+    }
+
+    /// Reads the producer's status from `live` and tells the glue if it differs from what the
+    /// glue was last told — re-reading it after every notification, so that the glue's last
+    /// word is the status as it is now, however the calls of several threads interleave.
+    ///
+    /// `live` runs under the notifier's lock: it may take the producer's own lock to read its
+    /// queue, but must call nothing else of the producer's, and the producer must not hold
+    /// that lock while calling `refresh`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::VecDeque;
+    /// use std::sync::Mutex;
+    /// use loopglue::{DispatchStatus, StatusNotifier};
+    ///
+    /// let queue: Mutex<VecDeque<u32>> = Mutex::default();
+    /// let notifier = StatusNotifier::new();
+    /// let live = || match queue.lock().unwrap().is_empty() {
+    ///     true => DispatchStatus::Complete,
+    ///     false => DispatchStatus::DataRemains,
+    /// };
+    /// queue.lock().unwrap().push_back(7); // a reader thread queues a message...
+    /// notifier.refresh(live); // ...and reports after releasing its lock
+    /// assert_eq!(notifier.status(), DispatchStatus::DataRemains);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the glue's function panics; the notifier stays usable.
+    pub fn refresh(&self, live: impl Fn() -> DispatchStatus) {
+        self.notify(live(), Some(&live));
+    }
+
+    fn notify(&self, status: DispatchStatus, live: Option<&dyn Fn() -> DispatchStatus>) {
         let mut state = self.state.lock();
-        state.current = status;
+        state.current = live.map_or(status, |live| live());
         if state.notifying {
-            return; // the running notification delivers it
+            // The running notification delivers it: it reads `current` again, and a live
+            // status is re-read below only by the thread that notifies.
+            return;
         }
         state.notifying = true;
-        while state.told != state.current {
+        loop {
+            if let Some(live) = live {
+                state.current = live();
+            }
+            if state.told == state.current {
+                break;
+            }
             let told = state.current;
             state.told = told;
             let Some(function) = state.function.clone() else {

@@ -1418,3 +1418,48 @@ fn c4_remove_nowait_does_not_wait_for_a_running_handler() {
     go_tx.send(()).unwrap();
     assert_eq!(handler.join().unwrap(), Delivery::Delivered);
 }
+
+/// C16: a status computed under the producer's lock and reported after it can arrive out of
+/// order — a consumer's stale `Complete` overtaking a producer's `DataRemains` strands the
+/// message with `update`. `refresh` re-reads the live status, so the glue's last word is true.
+#[test]
+fn c16_refresh_reports_the_live_status_whatever_the_order() {
+    let queue: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(vec![1]));
+    let live = {
+        let queue = Arc::clone(&queue);
+        move || match queue.lock().unwrap().is_empty() {
+            true => DispatchStatus::Complete,
+            false => DispatchStatus::DataRemains,
+        }
+    };
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let notifier = StatusNotifier::new();
+    let t = Arc::clone(&told);
+    notifier.set_function(Some(Box::new(move |s| t.lock().unwrap().push(s))));
+    notifier.refresh(&live);
+    // The consumer empties the queue and computes Complete, but is preempted before
+    // reporting; a producer queues a message and reports; then the consumer reports.
+    queue.lock().unwrap().clear();
+    let consumer_saw = live();
+    queue.lock().unwrap().push(2);
+    let producer_saw = live();
+    notifier.refresh(&live); // the producer's report
+    notifier.refresh(&live); // the consumer's late report re-reads: a message is queued
+    assert_eq!(
+        (consumer_saw, producer_saw),
+        (DispatchStatus::Complete, DispatchStatus::DataRemains)
+    );
+    assert_eq!(*told.lock().unwrap(), [DispatchStatus::DataRemains]);
+    assert_eq!(
+        notifier.status(),
+        DispatchStatus::DataRemains,
+        "nothing stranded"
+    );
+
+    // The same interleaving with `update` strands it: the glue's last word is Complete.
+    let stale = StatusNotifier::new();
+    stale.update(DispatchStatus::DataRemains);
+    stale.update(producer_saw);
+    stale.update(consumer_saw);
+    assert_eq!(stale.status(), DispatchStatus::Complete);
+}
