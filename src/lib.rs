@@ -79,7 +79,9 @@
 //!
 //! Real applications attach producers to [`MainLoop`] (epoll or poll(2)), or write their own
 //! glue with [`WatchFunctionSet`] — `examples/custom_glue.rs` ports a libdbus poll loop line
-//! by line — and check it with the [`testing`] conformance scenarios.
+//! by line — and check it with the [`testing`] conformance scenarios. The [`glue`] toolkit
+//! holds the parts every glue needs (per-fd merging, the edge-triggered re-check, dispatch
+//! scheduling, attachments, timers); `MainLoop` is built on it.
 //!
 //! Code written to libvirt's shape — six functions with integer handle and timer ids instead
 //! of watch lists — uses [`handles::HandleTable`], which runs on every loop; with the
@@ -102,6 +104,7 @@ mod wakeup;
 mod watch;
 
 pub mod contract;
+pub mod glue;
 pub mod handles;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;

@@ -1,0 +1,634 @@
+//! The glue toolkit through its public API only, as an adapter author uses it: per-fd merging
+//! and lazy narrowing (C9, C18), recycled and closed fds (C15), the edge-triggered re-check
+//! (C17), dispatch scheduling (C16), attachments, and timer arithmetic (C10).
+
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use loopglue::glue::{
+    Attachments, Deadline, DispatchQueue, FdRegistry, Recheck, Registrar, TimerQueue, Token,
+};
+use loopglue::testing::{MockLoop, SocketPeer};
+use loopglue::{
+    Delivery, Source, Timeout, TimeoutFunctions, Watch, WatchFlags, WatchFunctions, WatchList,
+};
+
+/// A host loop that logs every operation and can be told to fail the next one.
+#[derive(Default)]
+struct Host {
+    log: Vec<String>,
+    fail_next: Option<io::ErrorKind>,
+    widened: Vec<(RawFd, WatchFlags)>,
+}
+
+impl Host {
+    fn take(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.log)
+    }
+    fn fail(&mut self) -> io::Result<()> {
+        match self.fail_next.take() {
+            Some(kind) => Err(io::Error::from(kind)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn bits(f: WatchFlags) -> &'static str {
+    match (
+        f.contains(WatchFlags::READABLE),
+        f.contains(WatchFlags::WRITABLE),
+    ) {
+        (true, true) => "rw",
+        (true, false) => "r",
+        (false, true) => "w",
+        (false, false) => "-",
+    }
+}
+
+impl Registrar for Host {
+    type Registration = ();
+    fn register(&mut self, fd: RawFd, _: Token, interest: WatchFlags) -> io::Result<()> {
+        self.fail()?;
+        self.log.push(format!("register {fd} {}", bits(interest)));
+        Ok(())
+    }
+    fn reregister(
+        &mut self,
+        _: &mut (),
+        fd: RawFd,
+        _: Token,
+        interest: WatchFlags,
+    ) -> io::Result<()> {
+        self.fail()?;
+        self.log.push(format!("reregister {fd} {}", bits(interest)));
+        Ok(())
+    }
+    fn deregister(&mut self, _: (), fd: RawFd, _: Token) {
+        self.log.push(format!("deregister {fd}"));
+    }
+    fn widened(&mut self, fd: RawFd, _: Token, interest: WatchFlags) {
+        self.widened.push((fd, interest));
+    }
+}
+
+fn nop(_: WatchFlags) {}
+
+#[test]
+fn c18_watches_of_one_fd_share_one_registration_that_follows_enabled_state() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let read = Watch::new(fd, WatchFlags::READABLE, nop);
+    let write = Watch::new_disabled(fd, WatchFlags::WRITABLE, nop);
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    reg.add(&read, &mut host).unwrap();
+    reg.add(&write, &mut host).unwrap();
+    // The join re-validates the registration even though nothing changed.
+    assert_eq!(
+        host.take(),
+        [format!("register {fd} r"), format!("reregister {fd} r")]
+    );
+    assert_eq!(reg.registered(), 1);
+    assert_eq!(
+        std::mem::take(&mut host.widened),
+        [(fd, WatchFlags::READABLE)]
+    );
+
+    // Enabling widens at once, and tells an edge-triggered glue to re-check.
+    let list = WatchList::new();
+    list.add(&write).unwrap(); // only to flip the enabled flag
+    list.toggle(&write, true).unwrap();
+    reg.toggled(&write, &mut host);
+    assert_eq!(host.take(), [format!("reregister {fd} rw")]);
+    assert_eq!(
+        host.widened,
+        [(fd, WatchFlags::READABLE | WatchFlags::WRITABLE)]
+    );
+
+    // Off and on again between two waits: no host call at all (issue 8).
+    list.toggle(&write, false).unwrap();
+    reg.toggled(&write, &mut host);
+    list.toggle(&write, true).unwrap();
+    reg.toggled(&write, &mut host);
+    reg.flush(&mut host);
+    assert_eq!(host.take(), Vec::<String>::new());
+
+    // Off, then the loop is about to block: flush narrows.
+    list.toggle(&write, false).unwrap();
+    reg.toggled(&write, &mut host);
+    assert!(host.take().is_empty(), "narrowing waits for flush");
+    reg.flush(&mut host);
+    assert_eq!(host.take(), [format!("reregister {fd} r")]);
+
+    reg.remove(&read, &mut host);
+    reg.remove(&write, &mut host);
+    assert_eq!(host.take(), [format!("deregister {fd}")]);
+    assert_eq!(reg.registered(), 0);
+    list.remove(&write).unwrap();
+}
+
+#[test]
+fn an_fd_with_every_watch_disabled_is_deregistered_on_its_first_report() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let list = WatchList::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let w = Watch::new(fd, WatchFlags::READABLE, move |_| {
+        c.fetch_add(1, Ordering::Relaxed);
+    });
+    list.add(&w).unwrap();
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    reg.add(&w, &mut host).unwrap();
+    let token = reg.token_of(fd).unwrap();
+    list.toggle(&w, false).unwrap();
+    reg.toggled(&w, &mut host);
+    reg.flush(&mut host);
+    assert_eq!(
+        host.take(),
+        [format!("register {fd} r")],
+        "kept until it reports"
+    );
+    // It hangs up (epoll reports that whatever the interest): deregistered, nobody called.
+    let mut out = Vec::new();
+    assert_eq!(reg.ready(token, WatchFlags::HANGUP, &mut host, &mut out), 0);
+    assert_eq!(host.take(), [format!("deregister {fd}")]);
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+    // Enabled again: registered again.
+    list.toggle(&w, true).unwrap();
+    reg.toggled(&w, &mut host);
+    assert_eq!(host.take(), [format!("register {fd} r")]);
+    list.remove(&w).unwrap();
+}
+
+#[test]
+fn a_report_nobody_wants_narrows_at_once() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let list = WatchList::new();
+    let read = Watch::new(fd, WatchFlags::READABLE, nop);
+    let write = Watch::new(fd, WatchFlags::WRITABLE, nop);
+    list.add(&read).unwrap();
+    list.add(&write).unwrap();
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    reg.add(&read, &mut host).unwrap();
+    reg.add(&write, &mut host).unwrap();
+    host.take();
+    list.toggle(&write, false).unwrap();
+    reg.toggled(&write, &mut host);
+    let token = reg.token_of(fd).unwrap();
+    let mut out = Vec::new();
+    let n = reg.ready(token, WatchFlags::WRITABLE, &mut host, &mut out);
+    assert_eq!((n, host.take()), (0, vec![format!("reregister {fd} r")]));
+    list.remove(&read).unwrap();
+    list.remove(&write).unwrap();
+}
+
+#[test]
+fn watches_removed_behind_the_glues_back_are_dropped_not_polled() {
+    // A wrapper glue whose `remove` panicked never passed the call on (issue 7.5): the
+    // registry finds out from the watch itself, and from what `handle` answers.
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let list = WatchList::new();
+    let w = Watch::new(fd, WatchFlags::READABLE, nop);
+    list.add(&w).unwrap();
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    reg.add(&w, &mut host).unwrap();
+    let token = reg.token_of(fd).unwrap();
+    list.remove(&w).unwrap(); // the registry is not told
+    let mut out = Vec::new();
+    assert_eq!(
+        reg.ready(token, WatchFlags::READABLE, &mut host, &mut out),
+        0
+    );
+    assert_eq!(
+        host.take(),
+        [format!("register {fd} r"), format!("deregister {fd}")]
+    );
+    assert_eq!((reg.registered(), reg.watches()), (0, 0));
+
+    // And through `report`, when the removal races with the report.
+    let w2 = Watch::new(fd, WatchFlags::READABLE, nop);
+    list.add(&w2).unwrap();
+    reg.add(&w2, &mut host).unwrap();
+    let token = reg.token_of(fd).unwrap();
+    assert_eq!(
+        reg.ready(token, WatchFlags::READABLE, &mut host, &mut out),
+        1
+    );
+    list.remove(&w2).unwrap();
+    let (watch, condition) = out.pop().unwrap();
+    let delivery = watch.handle(condition);
+    assert_eq!(delivery, Delivery::Removed);
+    reg.report(token, &watch, delivery, &mut host);
+    assert_eq!((reg.registered(), reg.watches()), (0, 0));
+}
+
+/// Closes the file behind `fd` and makes the same number name a new socket (dup2 does both
+/// at once); returns the new socket's peer.
+fn recycle(fd: &mut OwnedFd) -> UnixStream {
+    let (c, d) = UnixStream::pair().unwrap();
+    nix::unistd::dup2(&c, fd).unwrap();
+    d
+}
+
+#[test]
+fn c15_a_recycled_fd_number_starts_a_new_registration_and_silences_the_stale_watches() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    let mut owned = OwnedFd::from(a);
+    let fd = owned.as_raw_fd();
+    let stale = Watch::new(fd, WatchFlags::READABLE, nop);
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    reg.add(&stale, &mut host).unwrap();
+    let old_token = reg.token_of(fd).unwrap();
+    let _peer = recycle(&mut owned); // producer A's bug: closed without removing its watch
+
+    let fresh = Watch::new(fd, WatchFlags::READABLE, nop);
+    reg.add(&fresh, &mut host).unwrap();
+    let new_token = reg.token_of(fd).unwrap();
+    assert_ne!(old_token, new_token);
+    assert_eq!(reg.dropped(), 1);
+    let mut out = Vec::new();
+    reg.ready(new_token, WatchFlags::READABLE, &mut host, &mut out);
+    assert_eq!(
+        out,
+        [(fresh.clone(), WatchFlags::READABLE)],
+        "only B's watch"
+    );
+    out.clear();
+    assert_eq!(
+        reg.ready(old_token, WatchFlags::READABLE, &mut host, &mut out),
+        0
+    );
+    // A removes its watch late: nothing of B's changes.
+    host.take();
+    reg.remove(&stale, &mut host);
+    assert!(host.take().is_empty());
+    assert_eq!(reg.registered(), 1);
+    reg.remove(&fresh, &mut host);
+    assert_eq!(reg.registered(), 0);
+}
+
+#[test]
+fn c15_a_forgotten_registration_of_the_same_file_is_registered_again() {
+    // epoll's MOD → ENOENT when the kernel dropped the fd: same file (a dup was closed and
+    // re-made at the same number), so ADD it again.
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    reg.add(&Watch::new(fd, WatchFlags::READABLE, nop), &mut host)
+        .unwrap();
+    host.take();
+    host.fail_next = Some(io::ErrorKind::NotFound);
+    let w = Watch::new(fd, WatchFlags::WRITABLE, nop);
+    reg.add(&w, &mut host).unwrap();
+    assert_eq!(
+        host.take(),
+        [format!("deregister {fd}"), format!("register {fd} rw")]
+    );
+    assert_eq!(reg.dropped(), 0);
+}
+
+#[test]
+fn c8_a_refused_or_closed_fd_is_not_tracked() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.into_raw_fd();
+    nix::unistd::close(fd).unwrap();
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    let err = reg
+        .add(&Watch::new(fd, WatchFlags::READABLE, nop), &mut host)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EBADF));
+    let (c, _d) = UnixStream::pair().unwrap();
+    host.fail_next = Some(io::ErrorKind::PermissionDenied);
+    let err = reg
+        .add(
+            &Watch::new(c.as_raw_fd(), WatchFlags::READABLE, nop),
+            &mut host,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+    assert_eq!((reg.registered(), reg.watches()), (0, 0));
+    assert!(host.take().is_empty());
+}
+
+#[test]
+fn a_closed_fd_is_dropped_once_and_never_registered_again() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let list = WatchList::new();
+    let w = Watch::new(fd, WatchFlags::READABLE, nop);
+    list.add(&w).unwrap();
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    reg.add(&w, &mut host).unwrap();
+    let token = reg.token_of(fd).unwrap();
+    reg.closed(token, &mut host);
+    reg.closed(token, &mut host);
+    assert_eq!(reg.dropped(), 1);
+    list.toggle(&w, false).unwrap();
+    reg.toggled(&w, &mut host);
+    list.toggle(&w, true).unwrap();
+    reg.toggled(&w, &mut host);
+    assert_eq!(
+        host.take(),
+        [format!("register {fd} r"), format!("deregister {fd}")]
+    );
+    let mut out = Vec::new();
+    assert_eq!(
+        reg.ready(token, WatchFlags::READABLE, &mut host, &mut out),
+        0
+    );
+    reg.remove(&w, &mut host);
+    assert_eq!(reg.watches(), 0);
+    list.remove(&w).unwrap();
+}
+
+#[test]
+fn c17_recheck_tells_an_edge_triggered_glue_to_go_again_until_drained() {
+    let (a, mut b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let fd = a.as_raw_fd();
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    let w = Watch::new(fd, WatchFlags::READABLE, nop);
+    reg.add(&w, &mut host).unwrap();
+    let token = reg.token_of(fd).unwrap();
+    b.write_all(&[1, 2, 3]).unwrap();
+    let mut rounds = 0;
+    loop {
+        io::Read::read(&mut &a, &mut [0u8; 1]).unwrap(); // a handler reading one byte
+        rounds += 1;
+        let check = reg.recheck(token, &mut host);
+        if !check.again() {
+            assert_eq!(check.clear(), WatchFlags::READABLE);
+            break;
+        }
+        assert_eq!(check.ready(), WatchFlags::READABLE);
+        assert!(check.clear().is_empty());
+    }
+    assert_eq!(rounds, 3);
+    // A closed fd comes back as closed and is dropped.
+    assert!(Recheck::poll(-1, WatchFlags::READABLE).unwrap().is_closed());
+}
+
+#[test]
+fn c10_deadlines_saturate_and_timers_are_fixed_delay() {
+    let now = Instant::now();
+    assert!(Deadline::after(now, Duration::MAX).is_never());
+    assert!(!Deadline::after(now, Duration::MAX).is_due(now + Duration::from_secs(1 << 40)));
+
+    let mut timers = TimerQueue::new();
+    let never = Timeout::new(Duration::MAX, || {});
+    timers.add(&never, now);
+    assert_eq!(timers.wait_time(now), None, "Duration::MAX is never due");
+
+    let t = Timeout::new(Duration::from_millis(10), || {});
+    timers.add(&t, now);
+    // The loop runs late, then a handler runs long: fixed delay from the hand-out.
+    let late = now + Duration::from_millis(35);
+    assert_eq!(timers.collect_due(late), 1);
+    let handed = late + Duration::from_millis(5);
+    assert_eq!(timers.next_due(handed), Some(t.clone()));
+    assert_eq!(
+        timers.next_deadline().instant(),
+        Some(handed + Duration::from_millis(10))
+    );
+}
+
+#[test]
+fn collected_timeouts_survive_a_panicking_handler_and_honour_restarts() {
+    let now = Instant::now();
+    let mut timers = TimerQueue::new();
+    let list = loopglue::TimeoutList::new();
+    let a = Timeout::new(Duration::from_millis(1), || panic!("handler"));
+    let b = Timeout::new(Duration::from_millis(1), || {});
+    let c = Timeout::new(Duration::from_millis(1), || {});
+    for t in [&a, &b, &c] {
+        list.add(t).unwrap();
+        timers.add(t, now);
+    }
+    let due = now + Duration::from_millis(2);
+    assert_eq!(timers.collect_due(due), 3);
+    let first = timers.next_due(due).unwrap();
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| first.handle())).is_err());
+    // `b` and `c` are still waiting: the next round hands them out first.
+    assert!(timers.next_deadline().is_due(due));
+    // A restart of `c` in the meantime wins over its collected firing (NOTES 19).
+    list.toggle(&c, false).unwrap();
+    timers.toggled(&c, due);
+    list.toggle(&c, true).unwrap();
+    timers.toggled(&c, due);
+    let mut handed = Vec::new();
+    while let Some(t) = timers.next_due(due) {
+        handed.push(t);
+    }
+    assert_eq!(handed.len(), 1);
+    assert!(handed[0] == b || handed[0] == a);
+}
+
+#[test]
+fn c16_dispatch_queue_holds_no_cycle_and_survives_a_panicking_dispatch() {
+    struct Panicky {
+        data: loopglue::SourceData,
+        status: loopglue::StatusNotifier,
+        dispatched: AtomicUsize,
+    }
+    impl Source for Panicky {
+        fn data(&self) -> &loopglue::SourceData {
+            &self.data
+        }
+        fn set_watch_functions(
+            &self,
+            _: Option<Box<dyn WatchFunctions>>,
+        ) -> Result<(), loopglue::SetFunctionsError<dyn WatchFunctions>> {
+            Ok(())
+        }
+        fn set_timeout_functions(
+            &self,
+            _: Option<Box<dyn TimeoutFunctions>>,
+        ) -> Result<(), loopglue::SetFunctionsError<dyn TimeoutFunctions>> {
+            Ok(())
+        }
+        fn set_dispatch_status_function(&self, f: Option<loopglue::DispatchStatusFn>) {
+            self.status.set_function(f);
+        }
+        fn dispatch_status(&self) -> loopglue::DispatchStatus {
+            self.status.status()
+        }
+        fn dispatch(&self) -> loopglue::DispatchStatus {
+            if self.dispatched.fetch_add(1, Ordering::Relaxed) == 0 {
+                panic!("message handler");
+            }
+            self.status.update(loopglue::DispatchStatus::Complete);
+            loopglue::DispatchStatus::Complete
+        }
+    }
+    let source = Arc::new(Panicky {
+        data: loopglue::SourceData::new(),
+        status: loopglue::StatusNotifier::new(),
+        dispatched: AtomicUsize::new(0),
+    });
+    let queue = DispatchQueue::new(|| {});
+    let key = queue.insert(Arc::clone(&source) as Arc<dyn Source>);
+    queue.watch(key);
+    assert_eq!(Arc::strong_count(&source), 2, "the queue's reference only");
+    // Work arrives on another thread.
+    let s = Arc::clone(&source);
+    std::thread::spawn(move || s.status.update(loopglue::DispatchStatus::DataRemains))
+        .join()
+        .unwrap();
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| queue.run(8))).is_err());
+    // The status did not change, so no notification will come: the queue kept it pending.
+    assert!(queue.is_pending());
+    assert_eq!(queue.run(8), 1);
+    assert_eq!(source.dispatch_status(), loopglue::DispatchStatus::Complete);
+    drop(queue.remove(key));
+    assert_eq!(Arc::strong_count(&source), 1);
+}
+
+/// Watch functions that refuse every add with `kind`.
+struct Refuse(io::ErrorKind);
+impl WatchFunctions for Refuse {
+    fn add(&mut self, _: &Watch) -> io::Result<()> {
+        Err(io::Error::from(self.0))
+    }
+    fn remove(&mut self, _: &Watch) {}
+    fn toggled(&mut self, _: &Watch) {}
+}
+
+#[test]
+fn attach_is_all_or_nothing_and_refuses_a_second_loop() {
+    let mock = MockLoop::new();
+    let table = Attachments::new(|| {});
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 16).unwrap();
+    let err = table
+        .attach(
+            Arc::new(peer.clone()),
+            Box::new(Refuse(io::ErrorKind::AlreadyExists)),
+            mock.timeout_functions(),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+    assert!(table.is_empty() && !table.contains(&peer));
+    assert!(mock.timeouts().is_empty(), "no timeout set left installed");
+    // Nothing left behind: a later attach works, and a second table is refused.
+    table
+        .attach(
+            Arc::new(peer.clone()),
+            mock.watch_functions(),
+            mock.timeout_functions(),
+            None,
+        )
+        .unwrap();
+    let other = Attachments::new(|| {});
+    let err = other
+        .attach(
+            Arc::new(peer.clone()),
+            mock.watch_functions(),
+            mock.timeout_functions(),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+    assert_eq!(mock.watches().len(), 2, "the first attachment is untouched");
+    assert!(!other.detach(&peer).unwrap(), "not attached there");
+    assert!(table.detach(&peer.clone()).unwrap());
+    assert!(other
+        .attach(
+            Arc::new(peer.clone()),
+            mock.watch_functions(),
+            mock.timeout_functions(),
+            None
+        )
+        .is_ok());
+    other.detach_all();
+    assert!(other.is_empty() && mock.watches().is_empty());
+}
+
+/// Watch functions whose drop (free-data) panics.
+struct PanicOnFree(Box<dyn WatchFunctions>);
+impl WatchFunctions for PanicOnFree {
+    fn add(&mut self, w: &Watch) -> io::Result<()> {
+        self.0.add(w)
+    }
+    fn remove(&mut self, w: &Watch) {
+        self.0.remove(w)
+    }
+    fn toggled(&mut self, w: &Watch) {
+        self.0.toggled(w)
+    }
+}
+impl Drop for PanicOnFree {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("free-data");
+        }
+    }
+}
+
+#[test]
+fn detach_finishes_every_step_when_a_free_data_panics() {
+    let mock = MockLoop::new();
+    let table = Attachments::new(|| {});
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 16).unwrap();
+    table
+        .attach(
+            Arc::new(peer.clone()),
+            Box::new(PanicOnFree(mock.watch_functions())),
+            mock.timeout_functions(),
+            Some(Box::new(|| {})),
+        )
+        .unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| table.detach(&peer)));
+    assert!(outcome.is_err(), "the panic reaches the caller");
+    assert!(table.is_empty(), "and the source is detached anyway");
+    assert!(mock.watches().is_empty() && mock.timeouts().is_empty());
+    // Attachable again: nothing of the old attachment is left.
+    let table2 = Attachments::new(|| {});
+    table2
+        .attach(
+            Arc::new(peer.clone()),
+            mock.watch_functions(),
+            mock.timeout_functions(),
+            None,
+        )
+        .unwrap();
+    table2.detach(&peer).unwrap();
+}
+
+#[test]
+fn status_from_many_threads_means_one_pending_dispatch() {
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let w = Arc::clone(&wakes);
+    let queue = Arc::new(DispatchQueue::new(move || {
+        w.fetch_add(1, Ordering::Relaxed);
+    }));
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 16).unwrap();
+    let key = queue.insert(Arc::new(peer.clone()));
+    queue.watch(key);
+    let seen = Arc::new(Mutex::new(0usize));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let q = Arc::clone(&queue);
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    q.schedule(key);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    *seen.lock().unwrap() = wakes.load(Ordering::Relaxed);
+    assert_eq!(*seen.lock().unwrap(), 1, "one wake while it stays pending");
+    queue.run(8);
+    assert!(!queue.is_pending());
+}
