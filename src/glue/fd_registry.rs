@@ -200,7 +200,16 @@ impl<R> FdRegistry<R> {
         let fd = watch
             .fd()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the watch was removed"))?;
-        let identity = FileIdentity::of(fd)?;
+        let identity = match FileIdentity::of(fd) {
+            Ok(identity) => identity,
+            Err(error) => {
+                // Closed: watches still on it were never removed before the close (C15).
+                if let Some(&key) = self.by_fd.get(&fd) {
+                    self.retire(key, Failure::Closed, host);
+                }
+                return Err(error);
+            }
+        };
         if let Some(&key) = self.by_fd.get(&fd) {
             if self.entries[key].identity == identity {
                 return self.join(key, watch, host);

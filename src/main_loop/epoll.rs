@@ -53,8 +53,13 @@ impl EpollPoller {
     pub(crate) fn register(&self, fd: RawFd, token: u64, interest: WatchFlags) -> io::Result<()> {
         let event = EpollEvent::new(events_for(interest), token);
         // SAFETY: see `borrow`: fds of registered watches are open (C15).
-        self.epoll.add(unsafe { borrow(fd) }, event)?;
-        Ok(())
+        match self.epoll.add(unsafe { borrow(fd) }, event) {
+            Ok(()) => Ok(()),
+            // The kernel still has this (file, fd) from a registration the loop lost track of
+            // (a stale entry of a recycled number): take it over.
+            Err(Errno::EEXIST) => self.reregister(fd, token, interest),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(crate) fn reregister(&self, fd: RawFd, token: u64, interest: WatchFlags) -> io::Result<()> {

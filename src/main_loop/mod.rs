@@ -9,36 +9,33 @@
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod epoll;
-mod fd_table;
 mod poll;
 mod poller;
-mod timers;
 mod waker;
 
 use std::fmt;
 use std::io;
+use std::os::fd::RawFd;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
-use slab::Slab;
 
 use crate::delivery::Delivery;
 use crate::flags::WatchFlags;
 use crate::functions::{TimeoutFunctions, WatchFunctions};
+use crate::glue::{Attachments, FdRegistry, Registrar, TimerQueue, Token};
 use crate::source::Source;
-use crate::status::DispatchStatus;
 use crate::timeout::Timeout;
 use crate::watch::Watch;
 
-use fd_table::FdTable;
 pub use poller::Backend;
 use poller::{Poller, Ready};
-use timers::TimerHeap;
 use waker::Waker;
 
-/// The poller token of the wakeup fd; watch registrations use slab keys, never this.
+/// The poller token of the wakeup fd; `Token`s never take this value.
 const WAKER: u64 = u64::MAX;
 
 /// How many times one source is dispatched per iteration before the others get their turn.
@@ -86,37 +83,63 @@ struct Inner {
     poller: Poller,
     waker: Waker,
     state: Mutex<State>,
+    /// The attached sources and their pending dispatches (C16).
+    attachments: Attachments,
     quit: AtomicBool,
     running: AtomicBool,
-    /// Buffers reused across iterations; taken out while user code runs.
-    scratch: Mutex<Scratch>,
+    /// The runner is (about to be) blocked in the poller: a change it must notice wakes it.
+    /// Set under the state lock (so timer changes, made under it, see it or are seen), and
+    /// read with `SeqCst` against the dispatch queue's pending flag.
+    polling: AtomicBool,
 }
 
+/// What the loop's glue functions and its runner share, behind one lock.
 #[derive(Default)]
 struct State {
-    fds: FdTable,
-    timers: TimerHeap,
-    sources: Slab<Attached>,
-    /// Sources whose status turned `DataRemains`, to dispatch next iteration.
-    dispatch: Vec<usize>,
-    /// The runner is (about to be) blocked in the poller: changes must wake it.
-    polling: bool,
-}
-
-/// An attached source, held strongly: attaching is what keeps it running, so a source wrapped
-/// in a fresh `Arc` at the call (`attach(Arc::new(conn.clone()))`) stays alive. The loop's
-/// glue holds the loop only weakly, so there is no cycle: dropping the loop drops its sources'
-/// registrations, and `detach` releases a source.
-struct Attached {
-    source: Arc<dyn Source>,
-    queued: bool,
+    fds: FdRegistry,
+    timers: TimerQueue,
+    /// Buffers reused across iterations; the runner takes them out for a round.
+    scratch: Scratch,
 }
 
 #[derive(Default)]
 struct Scratch {
     ready: Vec<Ready>,
-    handle: Vec<(Watch, WatchFlags)>,
-    due: Vec<Timeout>,
+    batch: Vec<(Watch, WatchFlags)>,
+    handle: Vec<(Token, Watch, WatchFlags)>,
+}
+
+/// The poller as the fd registry's host: executes what the registry decides.
+struct Host<'a> {
+    poller: &'a Poller,
+    /// The interest set changed: a poll(2) runner blocked on the old set must be woken (epoll
+    /// sees changes made while it waits).
+    changed: bool,
+}
+
+impl Registrar for Host<'_> {
+    type Registration = ();
+
+    fn register(&mut self, fd: RawFd, token: Token, interest: WatchFlags) -> io::Result<()> {
+        self.changed = true;
+        self.poller.register(fd, token.into_raw(), interest)
+    }
+
+    fn reregister(
+        &mut self,
+        _: &mut (),
+        fd: RawFd,
+        token: Token,
+        interest: WatchFlags,
+    ) -> io::Result<()> {
+        self.changed = true;
+        self.poller.reregister(fd, token.into_raw(), interest)
+    }
+
+    fn deregister(&mut self, _: (), fd: RawFd, _: Token) {
+        // Closed (so forgotten by the kernel) or never added: nothing to undo either way.
+        let _ = self.poller.deregister(fd);
+    }
 }
 
 impl Inner {
@@ -124,24 +147,27 @@ impl Inner {
         self.state.lock()
     }
 
-    /// Wakes the runner if it is blocked: called after every change, under the state lock, so
-    /// that a change made between the runner's snapshot and its wait is never missed.
-    fn nudge(&self, state: &State) {
-        if state.polling {
+    fn host(&self) -> Host<'_> {
+        Host {
+            poller: &self.poller,
+            changed: false,
+        }
+    }
+
+    /// Wakes the runner if it is blocked (or about to block) in the poller; from the loop's
+    /// own thread, or while the runner is busy, this costs one atomic load and no system call.
+    fn nudge(&self) {
+        if self.polling.load(Ordering::SeqCst) {
             self.waker.wake();
         }
     }
 
-    fn queue_dispatch(&self, key: usize) {
-        let mut state = self.lock();
-        let state = &mut *state;
-        if let Some(attached) = state.sources.get_mut(key) {
-            if !attached.queued {
-                attached.queued = true;
-                state.dispatch.push(key);
-            }
+    /// After a registry change: epoll applies it to a wait in progress, poll(2) needs a new
+    /// wait.
+    fn nudge_if_polled(&self, host: &Host<'_>) {
+        if host.changed && self.poller.backend() == Backend::Poll {
+            self.nudge();
         }
-        self.nudge(state);
     }
 }
 
@@ -165,13 +191,22 @@ impl MainLoop {
         let waker = Waker::new()?;
         poller.register(waker.fd(), WAKER, WatchFlags::READABLE)?;
         Ok(MainLoop {
-            inner: Arc::new(Inner {
-                poller,
-                waker,
-                state: Mutex::new(State::default()),
-                quit: AtomicBool::new(false),
-                running: AtomicBool::new(false),
-                scratch: Mutex::new(Scratch::default()),
+            inner: Arc::new_cyclic(|weak: &Weak<Inner>| {
+                let weak = weak.clone();
+                Inner {
+                    poller,
+                    waker,
+                    state: Mutex::new(State::default()),
+                    // A source with work to dispatch wakes a blocked runner.
+                    attachments: Attachments::new(move || {
+                        if let Some(inner) = weak.upgrade() {
+                            inner.nudge();
+                        }
+                    }),
+                    quit: AtomicBool::new(false),
+                    running: AtomicBool::new(false),
+                    polling: AtomicBool::new(false),
+                }
             }),
         })
     }
@@ -195,65 +230,55 @@ impl MainLoop {
     /// dispatch-status functions, then reads the dispatch status once (C16).
     ///
     /// The loop keeps the source alive until [`detach`](Self::detach) (or until the loop is
-    /// dropped): detach a connection when it ends — in its disconnect handler, say — or it
-    /// stays attached with nothing to poll.
+    /// dropped, which detaches everything): detach a connection when it ends — in its
+    /// disconnect handler, say — or it stays attached with nothing to poll.
+    ///
+    /// The wakeup function it installs writes the loop's eventfd only when the loop is
+    /// blocked (or about to block) in its poller, so a producer that calls it for every
+    /// message (libdbus does) costs nothing while the loop is running its handlers.
     ///
     /// # Errors
     ///
-    /// If the source refuses the functions (a watch's fd cannot be polled: EBADF, or EPERM for
-    /// a regular file under epoll); nothing stays installed then.
+    /// [`io::ErrorKind::AlreadyExists`] if the source is attached already (here or to another
+    /// loop built on [`glue`](crate::glue)); otherwise the refusal of a watch (its fd is
+    /// closed: `EBADF`; a regular file under epoll: `EPERM`). Nothing stays installed then.
+    ///
+    /// # Panics
+    ///
+    /// If the source's code panics; nothing stays installed then either.
     pub fn attach(&self, source: Arc<dyn Source>) -> io::Result<()> {
-        let key = self.inner.lock().sources.insert(Attached {
-            source: Arc::clone(&source),
-            queued: false,
-        });
-        let refused = |inner: &Inner, error: crate::Error| {
-            inner.lock().sources.try_remove(key);
-            io::Error::from(error)
-        };
-        if let Err(e) = source.set_functions(self.watch_functions(), self.timeout_functions()) {
-            return Err(refused(&self.inner, e));
-        }
         let inner = Arc::downgrade(&self.inner);
-        source.set_wakeup_main_function(Some(Box::new(move || {
+        let wakeup = Box::new(move || {
             if let Some(inner) = inner.upgrade() {
-                inner.waker.wake();
+                inner.nudge();
             }
-        })));
-        let inner = Arc::downgrade(&self.inner);
-        source.set_dispatch_status_function(Some(Box::new(move |status| {
-            if status == DispatchStatus::DataRemains {
-                if let Some(inner) = inner.upgrade() {
-                    inner.queue_dispatch(key);
-                }
-            }
-        })));
-        // Setting the function never calls it: read the status once (C16).
-        if source.dispatch_status() == DispatchStatus::DataRemains {
-            self.inner.queue_dispatch(key);
-        }
-        Ok(())
+        });
+        self.inner
+            .attachments
+            .attach(
+                source,
+                self.watch_functions(),
+                self.timeout_functions(),
+                Some(wakeup),
+            )
+            .map(drop)
     }
 
-    /// Stops running `source`: uninstalls everything [`attach`](Self::attach) installed.
+    /// Stops running `source` — any handle of it: it is found by its
+    /// [`SourceData`](crate::SourceData) identity — by uninstalling everything
+    /// [`attach`](Self::attach) installed. A source not attached here is left alone.
     ///
     /// # Errors
     ///
     /// If the source refuses to uninstall (only when called from inside one of its own list
-    /// callbacks).
+    /// callbacks); nothing changes then.
+    ///
+    /// # Panics
+    ///
+    /// If a free-data or another step panics — after every step has run, so the source is
+    /// detached all the same.
     pub fn detach(&self, source: &dyn Source) -> io::Result<()> {
-        {
-            let mut state = self.inner.lock();
-            let key = state
-                .sources
-                .iter()
-                .find(|(_, a)| a.source.data().id() == source.data().id())
-                .map(|(key, _)| key);
-            if let Some(key) = key {
-                state.sources.remove(key);
-            }
-        }
-        source.clear_functions().map_err(io::Error::from)
+        self.inner.attachments.detach(source).map(drop)
     }
 
     /// A handle that quits or wakes this loop from any thread.
@@ -306,92 +331,113 @@ impl MainLoop {
             }
         }
         let _running = Running(&inner.running);
-        let mut scratch = std::mem::take(&mut *inner.scratch.lock());
 
-        let wait = {
+        let (mut scratch, wait) = {
             let mut state = inner.lock();
+            let state = &mut *state;
+            let mut host = inner.host();
+            state.fds.flush(&mut host);
             let mut wait = timeout;
-            if !state.dispatch.is_empty() {
-                wait = Some(Duration::ZERO);
-            } else if let Some(due) = state.timers.next_due() {
-                let until = due.saturating_duration_since(Instant::now());
-                wait = Some(wait.map_or(until, |w| w.min(until)));
+            if !state.timers.is_empty() {
+                if let Some(until) = state.timers.wait_time(Instant::now()) {
+                    wait = Some(wait.map_or(until, |w| w.min(until)));
+                }
             }
-            state.polling = true;
+            // Under the lock: a timer change made after this sees `polling` and wakes us.
+            inner.polling.store(true, Ordering::SeqCst);
+            (std::mem::take(&mut state.scratch), wait)
+        };
+        // After `polling` is set: a source queued from now on wakes us (C16).
+        let wait = if inner.attachments.queue().is_pending() {
+            Some(Duration::ZERO)
+        } else {
             wait
         };
         let waited = inner.poller.wait(&mut scratch.ready, wait);
+        inner.polling.store(false, Ordering::SeqCst);
 
         let mut woken = false;
+        let mut due = 0;
         {
             let mut state = inner.lock();
             let state = &mut *state;
-            state.polling = false;
+            let mut host = inner.host();
             for ready in scratch.ready.drain(..) {
-                let key = ready.token as usize;
                 if ready.token == WAKER {
                     woken = true;
-                } else if ready.closed {
-                    state.fds.drop_fd(&inner.poller, key);
+                    continue;
+                }
+                let token = Token::from_raw(ready.token);
+                if ready.closed {
+                    state.fds.closed(token, &mut host);
                 } else {
                     state
                         .fds
-                        .ready_watches(key, ready.condition, &mut scratch.handle);
+                        .ready(token, ready.condition, &mut host, &mut scratch.batch);
+                    let batch = scratch.batch.drain(..);
+                    scratch
+                        .handle
+                        .extend(batch.map(|(watch, condition)| (token, watch, condition)));
                 }
             }
-            state.timers.take_due(Instant::now(), &mut scratch.due);
+            if !state.timers.is_empty() {
+                due = state.timers.collect_due(Instant::now());
+            }
         }
         if woken {
             inner.waker.reset();
         }
 
-        // User code from here on: no lock held (C11). A watch removed by an earlier handler
-        // in this round answers `Removed` and is skipped.
-        let mut ran = 0;
-        for (watch, condition) in scratch.handle.drain(..) {
-            if watch.handle(condition) == Delivery::Delivered {
-                ran += 1;
+        // User code from here on: no lock held (C11). A panic propagates to the caller, with
+        // the loop as if the panicking call had returned: timeouts collected but not fired
+        // stay collected, dispatches not run stay queued, and every source's status is read
+        // again (the panic may have come from a status function, taking a notification with
+        // it). Ready watches not handled are reported again: the loop is level-triggered.
+        let ran = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.handle_round(&mut scratch.handle, due)
+        }));
+        scratch.handle.clear();
+        inner.lock().scratch = scratch;
+        match ran {
+            Ok(ran) => waited.map(|()| ran),
+            Err(payload) => {
+                inner.attachments.queue().schedule_all();
+                panic::resume_unwind(payload)
             }
         }
-        for timeout in scratch.due.drain(..) {
-            if timeout.handle() == Delivery::Delivered {
-                ran += 1;
+    }
+
+    /// Runs the handlers of one round: ready watches, due timeouts, queued dispatches.
+    fn handle_round(&self, ready: &mut Vec<(Token, Watch, WatchFlags)>, due: usize) -> usize {
+        let inner = &*self.inner;
+        let mut ran = 0;
+        for (token, watch, condition) in ready.drain(..) {
+            match watch.handle(condition) {
+                Delivery::Delivered => ran += 1,
+                Delivery::NotRequested => {}
+                // The glue missed (or raced) a remove or a toggle — a wrapper around it
+                // panicked, say: resync, so the fd is not polled for nothing again.
+                delivery @ (Delivery::Removed | Delivery::Disabled) => {
+                    let mut state = inner.lock();
+                    let mut host = inner.host();
+                    state.fds.report(token, &watch, delivery, &mut host);
+                }
+            }
+        }
+        if due > 0 {
+            loop {
+                // Fixed delay (C10): the next period starts now, as `handle` is called. One
+                // at a time, so a handler that restarts or removes a later one is obeyed.
+                let next = inner.lock().timers.next_due(Instant::now());
+                let Some(timeout) = next else { break };
+                if timeout.handle() == Delivery::Delivered {
+                    ran += 1;
+                }
             }
         }
         // Dispatch last, so that work the handlers above just queued (a message read this
         // round) is dispatched this round rather than after another wait.
-        let dispatch: Vec<(usize, Arc<dyn Source>)> = {
-            let mut state = inner.lock();
-            let state = &mut *state;
-            let keys = std::mem::take(&mut state.dispatch);
-            keys.into_iter()
-                .filter_map(|key| {
-                    let attached = state.sources.get_mut(key)?;
-                    attached.queued = false;
-                    Some((key, Arc::clone(&attached.source)))
-                })
-                .collect()
-        };
-        for (key, source) in dispatch {
-            let mut remains = false;
-            for _ in 0..DISPATCH_BATCH {
-                remains = source.dispatch_status() == DispatchStatus::DataRemains;
-                if !remains {
-                    break;
-                }
-                ran += 1;
-                remains = source.dispatch() == DispatchStatus::DataRemains;
-                if !remains {
-                    break;
-                }
-            }
-            if remains {
-                // Its status did not change, so no callback will re-queue it: we do.
-                inner.queue_dispatch(key);
-            }
-        }
-        *inner.scratch.lock() = scratch;
-        waited.map(|()| ran)
+        ran + inner.attachments.queue().run(DISPATCH_BATCH)
     }
 
     /// How many fds are registered with the poller right now (the wakeup fd not counted).
@@ -399,7 +445,8 @@ impl MainLoop {
         self.inner.lock().fds.registered()
     }
 
-    /// How many fds were found closed while watches still used them and dropped (C15).
+    /// How many fds were found closed, or reused by another file, while watches still used
+    /// them, and dropped (C15).
     pub fn dropped_fds(&self) -> usize {
         self.inner.lock().fds.dropped()
     }
@@ -411,7 +458,7 @@ impl MainLoop {
 
     /// How many sources are attached (and so kept alive by the loop).
     pub fn sources(&self) -> usize {
-        self.inner.lock().sources.len()
+        self.inner.attachments.len()
     }
 }
 
@@ -444,25 +491,25 @@ fn gone() -> io::Error {
 impl WatchFunctions for LoopWatches {
     fn add(&mut self, watch: &Watch) -> io::Result<()> {
         let inner = self.0.upgrade().ok_or_else(gone)?;
-        let mut state = inner.lock();
-        state.fds.add(&inner.poller, watch)?;
-        inner.nudge(&state);
+        let mut host = inner.host();
+        inner.lock().fds.add(watch, &mut host)?;
+        inner.nudge_if_polled(&host);
         Ok(())
     }
 
     fn remove(&mut self, watch: &Watch) {
         if let Some(inner) = self.0.upgrade() {
-            let mut state = inner.lock();
-            state.fds.remove(&inner.poller, watch);
-            inner.nudge(&state);
+            let mut host = inner.host();
+            inner.lock().fds.remove(watch, &mut host);
+            inner.nudge_if_polled(&host);
         }
     }
 
     fn toggled(&mut self, watch: &Watch) {
         if let Some(inner) = self.0.upgrade() {
-            let mut state = inner.lock();
-            state.fds.toggled(&inner.poller, watch);
-            inner.nudge(&state);
+            let mut host = inner.host();
+            inner.lock().fds.toggled(watch, &mut host);
+            inner.nudge_if_polled(&host);
         }
     }
 }
@@ -472,25 +519,21 @@ struct LoopTimeouts(Weak<Inner>);
 impl TimeoutFunctions for LoopTimeouts {
     fn add(&mut self, timeout: &Timeout) -> io::Result<()> {
         let inner = self.0.upgrade().ok_or_else(gone)?;
-        let mut state = inner.lock();
-        state.timers.insert(timeout, Instant::now());
-        inner.nudge(&state);
+        inner.lock().timers.add(timeout, Instant::now());
+        inner.nudge();
         Ok(())
     }
 
     fn remove(&mut self, timeout: &Timeout) {
         if let Some(inner) = self.0.upgrade() {
-            let mut state = inner.lock();
-            state.timers.remove(timeout);
-            inner.nudge(&state);
+            inner.lock().timers.remove(timeout);
         }
     }
 
     fn toggled(&mut self, timeout: &Timeout) {
         if let Some(inner) = self.0.upgrade() {
-            let mut state = inner.lock();
-            state.timers.toggled(timeout, Instant::now());
-            inner.nudge(&state);
+            inner.lock().timers.toggled(timeout, Instant::now());
+            inner.nudge();
         }
     }
 }
@@ -502,7 +545,7 @@ impl fmt::Debug for MainLoop {
             .field("backend", &self.inner.poller.backend())
             .field("registered_fds", &state.fds.registered())
             .field("timeouts", &state.timers.len())
-            .field("sources", &state.sources.len())
+            .field("sources", &self.inner.attachments.len())
             .finish()
     }
 }
