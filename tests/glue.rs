@@ -77,8 +77,21 @@ impl Registrar for Host {
 
 fn nop(_: WatchFlags) {}
 
+/// Tests that close an fd and then use its number take this exclusively: no other test of this
+/// file may open an fd meanwhile and be handed that number.
+static FD_NUMBERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn fds_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    FD_NUMBERS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fds_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    FD_NUMBERS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn c18_watches_of_one_fd_share_one_registration_that_follows_enabled_state() {
+    let _fds = fds_shared();
     let (a, _b) = UnixStream::pair().unwrap();
     let fd = a.as_raw_fd();
     let read = Watch::new(fd, WatchFlags::READABLE, nop);
@@ -132,6 +145,7 @@ fn c18_watches_of_one_fd_share_one_registration_that_follows_enabled_state() {
 
 #[test]
 fn an_fd_with_every_watch_disabled_is_deregistered_on_its_first_report() {
+    let _fds = fds_shared();
     let (a, _b) = UnixStream::pair().unwrap();
     let fd = a.as_raw_fd();
     let list = WatchList::new();
@@ -166,6 +180,7 @@ fn an_fd_with_every_watch_disabled_is_deregistered_on_its_first_report() {
 
 #[test]
 fn a_report_nobody_wants_narrows_at_once() {
+    let _fds = fds_shared();
     let (a, _b) = UnixStream::pair().unwrap();
     let fd = a.as_raw_fd();
     let list = WatchList::new();
@@ -189,6 +204,7 @@ fn a_report_nobody_wants_narrows_at_once() {
 
 #[test]
 fn watches_removed_behind_the_glues_back_are_dropped_not_polled() {
+    let _fds = fds_shared();
     // A wrapper glue whose `remove` panicked never passed the call on (issue 7.5): the
     // registry finds out from the watch itself, and from what `handle` answers.
     let (a, _b) = UnixStream::pair().unwrap();
@@ -238,6 +254,7 @@ fn recycle(fd: &mut OwnedFd) -> UnixStream {
 
 #[test]
 fn c15_a_recycled_fd_number_starts_a_new_registration_and_silences_the_stale_watches() {
+    let _fds = fds_shared();
     let (a, _b) = UnixStream::pair().unwrap();
     let mut owned = OwnedFd::from(a);
     let fd = owned.as_raw_fd();
@@ -275,6 +292,7 @@ fn c15_a_recycled_fd_number_starts_a_new_registration_and_silences_the_stale_wat
 
 #[test]
 fn c15_a_forgotten_registration_of_the_same_file_is_registered_again() {
+    let _fds = fds_shared();
     // epoll's MOD → ENOENT when the kernel dropped the fd: same file (a dup was closed and
     // re-made at the same number), so ADD it again.
     let (a, _b) = UnixStream::pair().unwrap();
@@ -295,6 +313,7 @@ fn c15_a_forgotten_registration_of_the_same_file_is_registered_again() {
 
 #[test]
 fn c8_a_refused_or_closed_fd_is_not_tracked() {
+    let _fds = fds_exclusive();
     let (a, _b) = UnixStream::pair().unwrap();
     let fd = a.into_raw_fd();
     nix::unistd::close(fd).unwrap();
@@ -318,6 +337,7 @@ fn c8_a_refused_or_closed_fd_is_not_tracked() {
 
 #[test]
 fn a_closed_fd_is_dropped_once_and_never_registered_again() {
+    let _fds = fds_shared();
     let (a, _b) = UnixStream::pair().unwrap();
     let fd = a.as_raw_fd();
     let list = WatchList::new();
@@ -349,6 +369,7 @@ fn a_closed_fd_is_dropped_once_and_never_registered_again() {
 
 #[test]
 fn c17_recheck_tells_an_edge_triggered_glue_to_go_again_until_drained() {
+    let _fds = fds_shared();
     let (a, mut b) = UnixStream::pair().unwrap();
     a.set_nonblocking(true).unwrap();
     let fd = a.as_raw_fd();
@@ -376,6 +397,7 @@ fn c17_recheck_tells_an_edge_triggered_glue_to_go_again_until_drained() {
 
 #[test]
 fn c10_deadlines_saturate_and_timers_are_fixed_delay() {
+    let _fds = fds_shared();
     let now = Instant::now();
     assert!(Deadline::after(now, Duration::MAX).is_never());
     assert!(!Deadline::after(now, Duration::MAX).is_due(now + Duration::from_secs(1 << 40)));
@@ -400,6 +422,7 @@ fn c10_deadlines_saturate_and_timers_are_fixed_delay() {
 
 #[test]
 fn collected_timeouts_survive_a_panicking_handler_and_honour_restarts() {
+    let _fds = fds_shared();
     let now = Instant::now();
     let mut timers = TimerQueue::new();
     let list = loopglue::TimeoutList::new();
@@ -431,6 +454,7 @@ fn collected_timeouts_survive_a_panicking_handler_and_honour_restarts() {
 
 #[test]
 fn c16_dispatch_queue_holds_no_cycle_and_survives_a_panicking_dispatch() {
+    let _fds = fds_shared();
     struct Panicky {
         data: loopglue::SourceData,
         status: loopglue::StatusNotifier,
@@ -501,6 +525,7 @@ impl WatchFunctions for Refuse {
 
 #[test]
 fn attach_is_all_or_nothing_and_refuses_a_second_loop() {
+    let _fds = fds_shared();
     let mock = MockLoop::new();
     let table = Attachments::new(|| {});
     let (ours, _theirs) = UnixStream::pair().unwrap();
@@ -573,6 +598,7 @@ impl Drop for PanicOnFree {
 
 #[test]
 fn detach_finishes_every_step_when_a_free_data_panics() {
+    let _fds = fds_shared();
     let mock = MockLoop::new();
     let table = Attachments::new(|| {});
     let (ours, _theirs) = UnixStream::pair().unwrap();
@@ -604,6 +630,7 @@ fn detach_finishes_every_step_when_a_free_data_panics() {
 
 #[test]
 fn status_from_many_threads_means_one_pending_dispatch() {
+    let _fds = fds_shared();
     let wakes = Arc::new(AtomicUsize::new(0));
     let w = Arc::clone(&wakes);
     let queue = Arc::new(DispatchQueue::new(move || {

@@ -47,8 +47,21 @@ fn peer(lp: &MainLoop, budget: usize) -> (SocketPeer, UnixStream, Arc<dyn Source
     (peer, theirs, source)
 }
 
+/// Tests that close an fd and then use its number take this exclusively: no other test of this
+/// file may open an fd meanwhile and be handed that number.
+static FD_NUMBERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn fds_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    FD_NUMBERS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fds_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    FD_NUMBERS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn c18_two_watches_on_one_fd_are_one_registration() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         assert_eq!(lp.backend(), backend);
@@ -69,6 +82,7 @@ fn c18_two_watches_on_one_fd_are_one_registration() {
 
 #[test]
 fn c17_level_triggered_one_byte_per_handle() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let (peer, other, _source) = peer(&lp, 1);
@@ -110,6 +124,7 @@ fn woken_by(backend: Backend, expected: &[u8], act: impl FnOnce(&SocketPeer)) {
 
 #[test]
 fn write_watch_toggled_from_another_thread_wakes_the_loop() {
+    let _fds = fds_shared();
     // For poll(2) the new interest needs a new wait: the toggle's wakeup provides it.
     for backend in backends() {
         woken_by(backend, b"from a worker", |peer| {
@@ -124,6 +139,7 @@ fn write_watch_toggled_from_another_thread_wakes_the_loop() {
 /// start before each call, so a late firing can never make the next one look early.
 #[test]
 fn c10_timeouts_are_periodic_and_c9_restart_on_enable() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let list = TimeoutList::new();
@@ -182,6 +198,7 @@ fn c10_timeouts_are_periodic_and_c9_restart_on_enable() {
 
 #[test]
 fn quit_from_another_thread_ends_run() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let list = TimeoutList::new();
@@ -210,6 +227,7 @@ fn quit_from_another_thread_ends_run() {
 
 #[test]
 fn wake_from_another_thread_interrupts_an_unbounded_wait() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = Arc::new(MainLoop::with_backend(backend).unwrap());
         let handle = lp.handle();
@@ -221,6 +239,7 @@ fn wake_from_another_thread_interrupts_an_unbounded_wait() {
 
 #[test]
 fn run_once_refuses_a_second_runner() {
+    let _fds = fds_shared();
     let lp = Arc::new(MainLoop::new().unwrap());
     let list = Arc::new(WatchList::new());
     list.set_functions(Some(lp.watch_functions())).unwrap();
@@ -242,6 +261,7 @@ fn run_once_refuses_a_second_runner() {
 
 #[test]
 fn c15_epoll_refuses_a_closed_fd_at_add() {
+    let _fds = fds_exclusive();
     let lp = MainLoop::with_backend(Backend::Epoll).unwrap();
     let list = WatchList::new();
     list.set_functions(Some(lp.watch_functions())).unwrap();
@@ -258,6 +278,7 @@ fn c15_epoll_refuses_a_closed_fd_at_add() {
 
 #[test]
 fn c15_poll_drops_a_closed_fd_without_spinning() {
+    let _fds = fds_exclusive();
     let lp = MainLoop::with_backend(Backend::Poll).unwrap();
     let list = WatchList::new();
     list.set_functions(Some(lp.watch_functions())).unwrap();
@@ -289,6 +310,7 @@ fn c15_poll_drops_a_closed_fd_without_spinning() {
 /// stale entry dropped).
 #[test]
 fn c15_an_fd_closed_while_registered_never_spins() {
+    let _fds = fds_exclusive();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let list = WatchList::new();
@@ -325,6 +347,7 @@ fn c15_an_fd_closed_while_registered_never_spins() {
 
 #[test]
 fn scale_100k_watches_and_100k_timeouts() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let watches = WatchList::new();
@@ -378,6 +401,7 @@ fn scale_100k_watches_and_100k_timeouts() {
 
 #[test]
 fn dispatch_runs_for_work_posted_from_another_thread() {
+    let _fds = fds_shared();
     for backend in backends() {
         woken_by(backend, b"posted", |peer| peer.post(b"posted"));
     }
@@ -408,6 +432,7 @@ fn counter() -> (
 /// hears about B's socket.
 #[test]
 fn c15_a_recycled_fd_number_neither_silences_nor_feeds_another_producer() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let (a_list, b_list) = (WatchList::new(), WatchList::new());
@@ -458,6 +483,7 @@ fn c15_a_recycled_fd_number_neither_silences_nor_feeds_another_producer() {
 /// Issue 7.4: an interval too large for the clock means "never", in add and in toggle.
 #[test]
 fn c10_a_huge_interval_never_fires_and_never_panics() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let list = TimeoutList::new();
@@ -483,6 +509,7 @@ fn c10_a_huge_interval_never_fires_and_never_panics() {
 /// the next `run_once` fires them.
 #[test]
 fn c14_a_panicking_handler_does_not_drop_the_timeouts_due_in_its_round() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let (watches, timeouts) = (WatchList::new(), TimeoutList::new());
@@ -606,6 +633,7 @@ impl Source for Queue {
 /// source's messages undispatched.
 #[test]
 fn c16_a_panicking_dispatch_leaves_the_rest_queued() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let q = Queue::new();
@@ -629,6 +657,7 @@ fn c16_a_panicking_dispatch_leaves_the_rest_queued() {
 /// passes the change on) does not leave the source undispatched forever.
 #[test]
 fn c16_a_panicking_status_function_does_not_strand_the_source() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let q = Queue::new();
@@ -692,6 +721,7 @@ impl loopglue::WatchFunctions for Lossy {
 /// a readable fd whose watch is gone or disabled.
 #[test]
 fn c15_a_lost_remove_or_toggle_cannot_make_the_loop_spin() {
+    let _fds = fds_shared();
     for backend in backends() {
         for panic_in in ["remove", "toggled"] {
             let lp = MainLoop::with_backend(backend).unwrap();
@@ -775,6 +805,7 @@ impl Source for FreePanics {
 /// Issue 7.5: `detach` finishes every step even when a free-data panics.
 #[test]
 fn c14_detach_completes_when_a_free_data_panics() {
+    let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let (ours, _theirs) = UnixStream::pair().unwrap();
