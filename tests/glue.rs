@@ -659,3 +659,26 @@ fn status_from_many_threads_means_one_pending_dispatch() {
     queue.run(8);
     assert!(!queue.is_pending());
 }
+
+#[test]
+fn dropping_the_table_detaches_everything_so_the_source_can_attach_elsewhere() {
+    let _fds = fds_shared();
+    let mock = MockLoop::new();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 16).unwrap();
+    let table = Attachments::new(|| {});
+    table
+        .attach(
+            Arc::new(peer.clone()),
+            mock.watch_functions(),
+            mock.timeout_functions(),
+            None,
+        )
+        .unwrap();
+    drop(table);
+    assert!(mock.watches().is_empty());
+    let next = loopglue::MainLoop::new().unwrap();
+    next.attach(Arc::new(peer.clone())).unwrap();
+    drop(next);
+    assert!(!peer.watches().has_functions());
+}

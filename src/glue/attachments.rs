@@ -41,7 +41,7 @@ struct Mark {
 ///
 /// The table holds attached sources strongly (attaching keeps a source running) and installs
 /// nothing that holds the table, so there is no cycle; the glue's functions should hold its
-/// loop weakly (NOTES 13).
+/// loop weakly (NOTES 13). Dropping the table detaches every source still attached.
 ///
 /// # Examples
 ///
@@ -305,6 +305,17 @@ fn uninstall(source: &dyn Source) -> Result<(), Error> {
 
 fn catch_all(f: impl FnOnce()) -> Option<Box<dyn std::any::Any + Send>> {
     panic::catch_unwind(AssertUnwindSafe(f)).err()
+}
+
+impl Drop for Attachments {
+    /// Detaches every source still attached, so that none keeps functions of a loop that is
+    /// gone, nor a mark that would refuse its next attach. A panic in a step is swallowed
+    /// here (there is no caller to resume it in).
+    fn drop(&mut self) {
+        if !self.queue.is_empty() {
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| self.detach_all()));
+        }
+    }
 }
 
 impl fmt::Debug for Attachments {
