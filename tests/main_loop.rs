@@ -562,6 +562,7 @@ struct Queue {
     dispatched: AtomicUsize,
     panic_in_dispatch: std::sync::atomic::AtomicBool,
     panic_in_status: Arc<std::sync::atomic::AtomicBool>,
+    wakeup: loopglue::WakeupHook,
 }
 
 impl Queue {
@@ -573,11 +574,13 @@ impl Queue {
             dispatched: AtomicUsize::new(0),
             panic_in_dispatch: Default::default(),
             panic_in_status: Default::default(),
+            wakeup: loopglue::WakeupHook::new(),
         })
     }
     fn post(&self) {
         self.queued.fetch_add(1, Ordering::SeqCst);
         self.status.update(loopglue::DispatchStatus::DataRemains);
+        self.wakeup.wake();
     }
 }
 
@@ -596,6 +599,9 @@ impl Source for Queue {
         _: Option<Box<dyn loopglue::TimeoutFunctions>>,
     ) -> Result<(), loopglue::SetFunctionsError<dyn loopglue::TimeoutFunctions>> {
         Ok(())
+    }
+    fn set_wakeup_main_function(&self, f: Option<loopglue::WakeupFn>) {
+        self.wakeup.set_function(f);
     }
     fn set_dispatch_status_function(&self, f: Option<loopglue::DispatchStatusFn>) {
         let flag = Arc::clone(&self.panic_in_status);
@@ -829,5 +835,39 @@ fn c14_detach_completes_when_a_free_data_panics() {
         );
         assert_eq!(lp.registered_fds(), 0, "{backend:?}");
         peer.timeouts().remove(&t).unwrap();
+    }
+}
+
+/// Issue 8: the wakeup function `attach` installs wakes only a loop blocked in its poller.
+/// Called from the loop's own thread while handlers run (libdbus calls it for every message),
+/// it leaves nothing behind that would cut the next wait short; work posted from another
+/// thread while the loop blocks is never lost (`dispatch_runs_for_work_posted_from_another_thread`).
+#[test]
+fn c16_a_wakeup_from_the_loops_own_thread_does_not_cut_the_next_wait_short() {
+    let _fds = fds_shared();
+    for backend in backends() {
+        let lp = MainLoop::with_backend(backend).unwrap();
+        let q = Queue::new();
+        lp.attach(Arc::clone(&q) as Arc<dyn Source>).unwrap();
+        let list = WatchList::new();
+        list.set_functions(Some(lp.watch_functions())).unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let poster = Arc::clone(&q);
+        let w = Watch::new(a.as_raw_fd(), WatchFlags::READABLE, move |_| {
+            let _ = (&a).read(&mut [0u8; 8]);
+            poster.post(); // status change + wakeup, on the loop's own thread
+        });
+        list.add(&w).unwrap();
+        (&b).write_all(b"!").unwrap();
+        // The round that runs the handler also dispatches what it posted.
+        assert!(run_until(&lp, || q.dispatched.load(Ordering::SeqCst) == 1));
+        let start = Instant::now();
+        assert_eq!(lp.run_once(Some(Duration::from_millis(40))).unwrap(), 0);
+        assert!(
+            start.elapsed() >= Duration::from_millis(35),
+            "{backend:?}: a wakeup written on the loop's own thread ended the wait"
+        );
+        list.remove(&w).unwrap();
+        lp.detach(&*q).unwrap();
     }
 }
