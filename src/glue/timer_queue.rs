@@ -83,7 +83,11 @@ impl TimerQueue {
             generation: 0,
         };
         if timeout.is_enabled() {
-            self.arm(&mut timer, Deadline::after(now, timeout.interval()));
+            Self::arm(
+                &mut self.heap,
+                &mut timer,
+                Deadline::after(now, timeout.interval()),
+            );
         }
         if let Some(old) = self.timers.insert(timeout.id(), timer) {
             drop(old);
@@ -101,25 +105,28 @@ impl TimerQueue {
     /// [`TimeoutFunctions::toggled`](crate::TimeoutFunctions::toggled): enabled restarts the
     /// period from `now` with the current `interval()`; disabled disarms it.
     pub fn toggled(&mut self, timeout: &Timeout, now: Instant) {
-        let Some(mut timer) = self.timers.remove(&timeout.id()) else {
-            return;
-        };
-        if timeout.is_enabled() {
-            self.arm(&mut timer, Deadline::after(now, timeout.interval()));
+        let deadline = if timeout.is_enabled() {
+            Deadline::after(now, timeout.interval())
         } else {
-            timer.deadline = Deadline::NEVER;
-            timer.generation += 1;
+            Deadline::NEVER
+        };
+        if let Some(timer) = self.timers.get_mut(&timeout.id()) {
+            Self::arm(&mut self.heap, timer, deadline);
+            self.compact();
         }
-        self.timers.insert(timeout.id(), timer);
-        self.compact();
     }
 
-    fn arm(&mut self, timer: &mut Timer, deadline: Deadline) {
+    /// Sets `timer`'s deadline, pushing a heap entry of a new generation (older entries go
+    /// stale); `NEVER` disarms.
+    fn arm(
+        heap: &mut BinaryHeap<Reverse<(Instant, u64, u64)>>,
+        timer: &mut Timer,
+        deadline: Deadline,
+    ) {
         timer.generation += 1;
         timer.deadline = deadline;
         if let Some(at) = deadline.instant() {
-            self.heap
-                .push(Reverse((at, timer.timeout.id(), timer.generation)));
+            heap.push(Reverse((at, timer.timeout.id(), timer.generation)));
         }
     }
 
@@ -177,12 +184,10 @@ impl TimerQueue {
             if !self.is_current(id, generation) {
                 continue; // removed, disabled or restarted since it was collected
             }
-            let mut timer = self.timers.remove(&id)?;
+            let timer = self.timers.get_mut(&id)?;
             let deadline = Deadline::after(now, timer.timeout.interval());
-            self.arm(&mut timer, deadline);
-            let timeout = timer.timeout.clone();
-            self.timers.insert(id, timer);
-            return Some(timeout);
+            Self::arm(&mut self.heap, timer, deadline);
+            return Some(timer.timeout.clone());
         }
         None
     }
