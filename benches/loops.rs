@@ -5,7 +5,9 @@
 //! Each N is run five times per loop, alternating, and the medians are compared.
 //!
 //! `cargo bench --bench loops` (1,000,000 round trips per N), or
-//! `cargo bench --bench loops -- --quick` (100,000).
+//! `cargo bench --bench loops -- --quick` (100,000). For a profiler, one loop alone:
+//! `--only main|epoll N TRIPS` (e.g. under `valgrind --tool=callgrind`, which counts
+//! instructions and is immune to load on a shared machine).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -184,7 +186,23 @@ fn raise_fd_limit(want: u64) -> u64 {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    // `--only main|epoll N TRIPS`: one loop alone, for a profiler (callgrind counts
+    // instructions, which load on a shared machine does not disturb).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--only") {
+        let n: usize = args.get(i + 2).and_then(|a| a.parse().ok()).unwrap_or(1);
+        let trips: usize = args
+            .get(i + 3)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(20_000);
+        let took = match args.get(i + 1).map(String::as_str) {
+            Some("epoll") => epoll_pingpong(n, trips),
+            _ => main_loop_pingpong(n, trips),
+        };
+        println!("{:.0} ns/rt", took.as_nanos() as f64 / (n * trips) as f64);
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let total = if quick { 100_000 } else { 1_000_000 };
     let limit = raise_fd_limit(65_536);
     println!("round trips per N: {total}; fd limit {limit}; 8-byte messages over socketpairs");

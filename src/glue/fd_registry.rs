@@ -315,6 +315,43 @@ impl<R> FdRegistry<R> {
         let Some(key) = self.live_key(token) else {
             return 0;
         };
+        // The common case in one pass: every watch live, some enabled watch wants part of the
+        // report, nothing unwanted in it.
+        let before = out.len();
+        let entry = &self.entries[key];
+        let mut wanted = WatchFlags::empty();
+        let mut removed = false;
+        for watch in &entry.watches {
+            removed |= watch.is_removed();
+            if watch.is_enabled() {
+                let flags = watch.flags();
+                wanted |= flags;
+                if condition.intersects(flags | WatchFlags::ALWAYS) {
+                    out.push((watch.clone(), condition));
+                }
+            }
+        }
+        let registered = entry.registration.as_ref().map(|(_, r)| *r);
+        let unwanted = !(condition & WatchFlags::INTEREST & !wanted).is_empty();
+        if !removed && !wanted.is_empty() && (!unwanted || registered == Some(wanted)) {
+            return out.len() - before;
+        }
+        out.truncate(before);
+        self.ready_slow(key, condition, host, out)
+    }
+
+    /// `ready` when the entry needs attention first: removed watches, nothing wanted, or a
+    /// registration to narrow.
+    fn ready_slow<H>(
+        &mut self,
+        key: usize,
+        condition: WatchFlags,
+        host: &mut H,
+        out: &mut Vec<(Watch, WatchFlags)>,
+    ) -> usize
+    where
+        H: Registrar<Registration = R>,
+    {
         if self.prune(key, host) {
             return 0;
         }
@@ -332,13 +369,11 @@ impl<R> FdRegistry<R> {
             return 0;
         };
         let before = out.len();
-        out.extend(
-            entry
-                .watches
-                .iter()
-                .filter(|w| w.is_enabled() && condition.intersects(w.flags() | WatchFlags::ALWAYS))
-                .map(|w| (w.clone(), condition)),
-        );
+        for watch in &entry.watches {
+            if watch.is_enabled() && condition.intersects(watch.flags() | WatchFlags::ALWAYS) {
+                out.push((watch.clone(), condition));
+            }
+        }
         out.len() - before
     }
 

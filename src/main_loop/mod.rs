@@ -86,7 +86,10 @@ struct Inner {
     /// The attached sources and their pending dispatches (C16).
     attachments: Attachments,
     quit: AtomicBool,
-    running: AtomicBool,
+    /// The runner's token and its buffers: `run_once` holds it for the whole call (a second
+    /// runner, or a nested call from a handler, finds it taken and gets `WouldBlock`). No other
+    /// code ever takes it, so holding it while handlers run can block nothing (C11).
+    runner: Mutex<Scratch>,
     /// The runner is (about to be) blocked in the poller: a change it must notice wakes it.
     /// Set under the state lock (so timer changes, made under it, see it or are seen), and
     /// read with `SeqCst` against the dispatch queue's pending flag.
@@ -98,15 +101,13 @@ struct Inner {
 struct State {
     fds: FdRegistry,
     timers: TimerQueue,
-    /// Buffers reused across iterations; the runner takes them out for a round.
-    scratch: Scratch,
 }
 
+/// Buffers reused across iterations.
 #[derive(Default)]
 struct Scratch {
     ready: Vec<Ready>,
-    batch: Vec<(Watch, WatchFlags)>,
-    handle: Vec<(Token, Watch, WatchFlags)>,
+    handle: Vec<(Watch, WatchFlags)>,
 }
 
 /// The poller as the fd registry's host: executes what the registry decides.
@@ -204,7 +205,7 @@ impl MainLoop {
                         }
                     }),
                     quit: AtomicBool::new(false),
-                    running: AtomicBool::new(false),
+                    runner: Mutex::new(Scratch::default()),
                     polling: AtomicBool::new(false),
                 }
             }),
@@ -318,21 +319,15 @@ impl MainLoop {
     /// If a handler panics; the loop stays usable.
     pub fn run_once(&self, timeout: Option<Duration>) -> io::Result<usize> {
         let inner = &*self.inner;
-        if inner.running.swap(true, Ordering::Acquire) {
+        let Some(mut runner) = inner.runner.try_lock() else {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 "the loop is already running on another thread",
             ));
-        }
-        struct Running<'a>(&'a AtomicBool);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        let _running = Running(&inner.running);
+        };
+        let scratch = &mut *runner;
 
-        let (mut scratch, wait) = {
+        let wait = {
             let mut state = inner.lock();
             let state = &mut *state;
             let mut host = inner.host();
@@ -345,7 +340,7 @@ impl MainLoop {
             }
             // Under the lock: a timer change made after this sees `polling` and wakes us.
             inner.polling.store(true, Ordering::SeqCst);
-            (std::mem::take(&mut state.scratch), wait)
+            wait
         };
         // After `polling` is set: a source queued from now on wakes us (C16).
         let wait = if inner.attachments.queue().is_pending() {
@@ -373,11 +368,7 @@ impl MainLoop {
                 } else {
                     state
                         .fds
-                        .ready(token, ready.condition, &mut host, &mut scratch.batch);
-                    let batch = scratch.batch.drain(..);
-                    scratch
-                        .handle
-                        .extend(batch.map(|(watch, condition)| (token, watch, condition)));
+                        .ready(token, ready.condition, &mut host, &mut scratch.handle);
                 }
             }
             if !state.timers.is_empty() {
@@ -397,7 +388,6 @@ impl MainLoop {
             self.handle_round(&mut scratch.handle, due)
         }));
         scratch.handle.clear();
-        inner.lock().scratch = scratch;
         match ran {
             Ok(ran) => waited.map(|()| ran),
             Err(payload) => {
@@ -408,20 +398,26 @@ impl MainLoop {
     }
 
     /// Runs the handlers of one round: ready watches, due timeouts, queued dispatches.
-    fn handle_round(&self, ready: &mut Vec<(Token, Watch, WatchFlags)>, due: usize) -> usize {
+    fn handle_round(&self, ready: &mut Vec<(Watch, WatchFlags)>, due: usize) -> usize {
         let inner = &*self.inner;
         let mut ran = 0;
-        for (token, watch, condition) in ready.drain(..) {
+        for (watch, condition) in ready.drain(..) {
             match watch.handle(condition) {
                 Delivery::Delivered => ran += 1,
-                Delivery::NotRequested => {}
-                // The glue missed (or raced) a remove or a toggle — a wrapper around it
-                // panicked, say: resync, so the fd is not polled for nothing again.
-                delivery @ (Delivery::Removed | Delivery::Disabled) => {
+                // The glue missed (or raced) a toggle — a wrapper around it panicked, say:
+                // resync now, so the fd is not polled for nothing again. (A watch removed
+                // behind the glue's back is dropped by the registry at its next report.)
+                Delivery::Disabled => {
                     let mut state = inner.lock();
-                    let mut host = inner.host();
-                    state.fds.report(token, &watch, delivery, &mut host);
+                    let state = &mut *state;
+                    if let Some(token) = watch.fd().and_then(|fd| state.fds.token_of(fd)) {
+                        let mut host = inner.host();
+                        state
+                            .fds
+                            .report(token, &watch, Delivery::Disabled, &mut host);
+                    }
                 }
+                Delivery::NotRequested | Delivery::Removed => {}
             }
         }
         if due > 0 {
