@@ -148,21 +148,23 @@ impl Attachments {
         match installed {
             Ok(Ok(())) => Ok(key),
             Ok(Err(refused)) => {
-                self.undo(&source, key, nonce);
+                // `set_functions` installed nothing (C7), and nothing else was installed yet.
+                self.forget(&source, key, nonce);
                 Err(io::Error::from(refused))
             }
             Err(payload) => {
-                self.undo(&source, key, nonce);
+                // Where it stopped is unknown: uninstall everything.
+                let _ = catch_all(|| {
+                    let _ = uninstall(&*source);
+                });
+                self.forget(&source, key, nonce);
                 panic::resume_unwind(payload);
             }
         }
     }
 
-    /// Takes back a half-done attach: everything installed, the slot and the mark.
-    fn undo(&self, source: &Arc<dyn Source>, key: DispatchKey, nonce: u64) {
-        let _ = catch_all(|| {
-            let _ = uninstall(&**source);
-        });
+    /// Drops the slot and the mark of an attach that did not complete.
+    fn forget(&self, source: &Arc<dyn Source>, key: DispatchKey, nonce: u64) {
         let slot = self.queue.remove(key);
         if source
             .data()

@@ -248,10 +248,16 @@ impl DispatchQueue {
     ///
     /// If a source's `dispatch` or `dispatch_status` panics — after queuing that source and
     /// the rest of the batch again, so the next `run` carries on where this one stopped.
+    #[inline]
     pub fn run(&self, batch: usize) -> usize {
+        // The common case, nothing queued, costs one load and no call.
         if !self.shared.pending.load(Ordering::SeqCst) {
             return 0;
         }
+        self.run_pending(batch)
+    }
+
+    fn run_pending(&self, batch: usize) -> usize {
         let mut taken = {
             let mut state = self.shared.state.lock();
             let state = &mut *state;

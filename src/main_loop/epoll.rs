@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use parking_lot::Mutex;
 
 use super::poller::{borrow, timeout_ms, Ready};
 use crate::flags::WatchFlags;
@@ -16,7 +15,6 @@ const BATCH: usize = 1024;
 
 pub(crate) struct EpollPoller {
     epoll: Epoll,
-    events: Mutex<Vec<EpollEvent>>,
 }
 
 fn events_for(interest: WatchFlags) -> EpollFlags {
@@ -46,7 +44,6 @@ impl EpollPoller {
     pub(crate) fn new() -> io::Result<EpollPoller> {
         Ok(EpollPoller {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-            events: Mutex::new(vec![EpollEvent::empty(); BATCH]),
         })
     }
 
@@ -78,9 +75,17 @@ impl EpollPoller {
         }
     }
 
-    pub(crate) fn wait(&self, out: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<()> {
-        let mut events = self.events.lock();
-        let n = match self.epoll.wait(&mut events, timeout_ms(timeout)) {
+    /// Waits into `events` (the runner's buffer: no lock of its own), then appends to `out`.
+    pub(crate) fn wait(
+        &self,
+        events: &mut Vec<EpollEvent>,
+        out: &mut Vec<Ready>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        if events.len() < BATCH {
+            events.resize(BATCH, EpollEvent::empty());
+        }
+        let n = match self.epoll.wait(events, timeout_ms(timeout)) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
             Err(e) => return Err(e.into()),

@@ -32,7 +32,7 @@ use crate::timeout::Timeout;
 use crate::watch::Watch;
 
 pub use poller::Backend;
-use poller::{Poller, Ready};
+use poller::{Events, Poller, Ready};
 use waker::Waker;
 
 /// The poller token of the wakeup fd; `Token`s never take this value.
@@ -106,6 +106,7 @@ struct State {
 /// Buffers reused across iterations.
 #[derive(Default)]
 struct Scratch {
+    events: Events,
     ready: Vec<Ready>,
     handle: Vec<(Watch, WatchFlags)>,
 }
@@ -348,8 +349,11 @@ impl MainLoop {
         } else {
             wait
         };
-        let waited = inner.poller.wait(&mut scratch.ready, wait);
-        inner.polling.store(false, Ordering::SeqCst);
+        let waited = inner
+            .poller
+            .wait(&mut scratch.events, &mut scratch.ready, wait);
+        // Relaxed: a nudge that still sees `true` only costs a spurious wakeup.
+        inner.polling.store(false, Ordering::Relaxed);
 
         let mut woken = false;
         let mut due = 0;
@@ -436,7 +440,9 @@ impl MainLoop {
         ran + inner.attachments.queue().run(DISPATCH_BATCH)
     }
 
-    /// How many fds are registered with the poller right now (the wakeup fd not counted).
+    /// How many fds are registered with the poller right now (the wakeup fd not counted). An
+    /// fd whose watches were all disabled stays registered until it reports something
+    /// (NOTES 23); an fd whose watches were all removed is never counted.
     pub fn registered_fds(&self) -> usize {
         self.inner.lock().fds.registered()
     }

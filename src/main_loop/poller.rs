@@ -47,6 +47,13 @@ pub(crate) struct Ready {
     pub(crate) closed: bool,
 }
 
+/// The runner's buffer for one wait's raw events (kept across iterations).
+#[derive(Default)]
+pub(crate) struct Events {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    epoll: Vec<nix::sys::epoll::EpollEvent>,
+}
+
 pub(crate) enum Poller {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     Epoll(EpollPoller),
@@ -100,11 +107,19 @@ impl Poller {
 
     /// Waits up to `timeout` (`None`: forever) and appends what is ready to `out`. An
     /// interrupted wait returns with nothing.
-    pub(crate) fn wait(&self, out: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn wait(
+        &self,
+        events: &mut Events,
+        out: &mut Vec<Ready>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         match self {
             #[cfg(any(target_os = "linux", target_os = "android"))]
-            Poller::Epoll(p) => p.wait(out, timeout),
-            Poller::Poll(p) => p.wait(out, timeout),
+            Poller::Epoll(p) => p.wait(&mut events.epoll, out, timeout),
+            Poller::Poll(p) => {
+                let _ = events;
+                p.wait(out, timeout)
+            }
         }
     }
 }
