@@ -682,3 +682,142 @@ fn dropping_the_table_detaches_everything_so_the_source_can_attach_elsewhere() {
     drop(next);
     assert!(!peer.watches().has_functions());
 }
+
+/// An edge-triggered glue built from the toolkit, as the mio and tokio adapters will be: epoll
+/// with `EPOLLET`, `FdRegistry::recheck` after handlers, and a re-check whenever the registry
+/// says a registration widened. The producer reads one byte per `handle` and switches its own
+/// watch off after each byte (its inbound queue is full); the application switches it on
+/// again. With no fresh edge ever coming for bytes already in the socket, only the re-checks
+/// get all of them delivered (C17). The disable, made inside the handler, is deliberately not
+/// forwarded to the registry (a glue that missed a `toggled`): the re-check after the handler
+/// notices it, so the enable still counts as a widening.
+#[test]
+fn c17_an_edge_triggered_glue_built_on_the_toolkit_never_stalls() {
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+    use std::os::fd::BorrowedFd;
+
+    let _fds = fds_shared();
+
+    struct EdgeHost<'a> {
+        epoll: &'a Epoll,
+        recheck: Vec<Token>,
+    }
+    fn events(interest: WatchFlags) -> EpollFlags {
+        let mut flags = EpollFlags::EPOLLET;
+        flags.set(EpollFlags::EPOLLIN, interest.contains(WatchFlags::READABLE));
+        flags.set(
+            EpollFlags::EPOLLOUT,
+            interest.contains(WatchFlags::WRITABLE),
+        );
+        flags
+    }
+    impl Registrar for EdgeHost<'_> {
+        type Registration = ();
+        fn register(&mut self, fd: RawFd, token: Token, interest: WatchFlags) -> io::Result<()> {
+            // SAFETY: the fd belongs to a watch not yet removed, so it is open (C15).
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let event = EpollEvent::new(events(interest), token.into_raw());
+            Ok(self.epoll.add(fd, event)?)
+        }
+        fn reregister(
+            &mut self,
+            _: &mut (),
+            fd: RawFd,
+            token: Token,
+            interest: WatchFlags,
+        ) -> io::Result<()> {
+            // SAFETY: as in `register`.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let mut event = EpollEvent::new(events(interest), token.into_raw());
+            Ok(self.epoll.modify(fd, &mut event)?)
+        }
+        fn deregister(&mut self, _: (), fd: RawFd, _: Token) {
+            // SAFETY: as in `register`.
+            let _ = self.epoll.delete(unsafe { BorrowedFd::borrow_raw(fd) });
+        }
+        fn widened(&mut self, _: RawFd, token: Token, _: WatchFlags) {
+            // An edge that passed while nobody wanted it will not come again: look now.
+            self.recheck.push(token);
+        }
+    }
+
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+    let mut host = EdgeHost {
+        epoll: &epoll,
+        recheck: Vec::new(),
+    };
+    let mut registry = FdRegistry::new();
+    let list = Arc::new(WatchList::new());
+    let (a, b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let (r, l, sock) = (
+        Arc::clone(&received),
+        Arc::downgrade(&list),
+        a.try_clone().unwrap(),
+    );
+    let watch = Arc::new(Mutex::new(None::<Watch>));
+    let me = Arc::clone(&watch);
+    let w = Watch::new(a.as_raw_fd(), WatchFlags::READABLE, move |_| {
+        if matches!(io::Read::read(&mut &sock, &mut [0u8; 1]), Ok(1)) {
+            r.fetch_add(1, Ordering::SeqCst);
+            // Queue full: stop reading until the application has consumed the byte.
+            if let (Some(list), Some(w)) = (l.upgrade(), me.lock().unwrap().clone()) {
+                list.toggle(&w, false).unwrap();
+            }
+        }
+    });
+    *watch.lock().unwrap() = Some(w.clone());
+    list.add(&w).unwrap();
+    registry.add(&w, &mut host).unwrap();
+    host.recheck.clear(); // a fresh ADD reports what is ready already
+
+    const TOTAL: usize = 4096;
+    (&b).write_all(&[7u8; TOTAL]).unwrap();
+    let mut buf = vec![EpollEvent::empty(); 8];
+    let mut ready = Vec::new();
+    let mut rounds = 0;
+    let end = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::SeqCst) < TOTAL {
+        assert!(
+            Instant::now() < end,
+            "stalled at {} bytes",
+            received.load(Ordering::SeqCst)
+        );
+        rounds += 1;
+        // The application consumed the byte: switch the watch on again, and tell the glue.
+        if !w.is_enabled() {
+            list.toggle(&w, true).unwrap();
+            registry.toggled(&w, &mut host);
+        }
+        let mut tokens: Vec<(Token, WatchFlags)> = Vec::new();
+        for token in std::mem::take(&mut host.recheck) {
+            let check = registry.recheck(token, &mut host);
+            if check.again() {
+                tokens.push((token, check.ready()));
+            }
+        }
+        if tokens.is_empty() {
+            let n = epoll.wait(&mut buf, EpollTimeout::from(100u16)).unwrap();
+            for event in &buf[..n] {
+                let condition = WatchFlags::from_poll_revents(event.events().bits() as i16);
+                tokens.push((Token::from_raw(event.data()), condition));
+            }
+        }
+        for (token, condition) in tokens {
+            registry.ready(token, condition, &mut host, &mut ready);
+            for (watch, condition) in ready.drain(..) {
+                let delivery = watch.handle(condition);
+                registry.report(token, &watch, delivery, &mut host);
+            }
+            // Edge-triggered: look again before waiting for an edge that may never come.
+            if registry.recheck(token, &mut host).again() {
+                host.recheck.push(token);
+            }
+        }
+    }
+    assert_eq!(received.load(Ordering::SeqCst), TOTAL);
+    assert!(rounds >= TOTAL, "one byte per round");
+    registry.remove(&w, &mut host);
+    list.remove(&w).unwrap();
+}

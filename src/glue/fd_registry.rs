@@ -334,6 +334,9 @@ impl<R> FdRegistry<R> {
         let registered = entry.registration.as_ref().map(|(_, r)| *r);
         let unwanted = !(condition & WatchFlags::INTEREST & !wanted).is_empty();
         if !removed && !wanted.is_empty() && (!unwanted || registered == Some(wanted)) {
+            // Remember what was wanted, so that a later enable is seen to widen it even if
+            // a disable in between never reached the registry.
+            self.entries[key].wanted = wanted;
             return out.len() - before;
         }
         out.truncate(before);
@@ -440,8 +443,11 @@ impl<R> FdRegistry<R> {
         let Some(key) = self.live_key(token) else {
             return Recheck::nothing();
         };
-        let entry = &self.entries[key];
+        let entry = &mut self.entries[key];
         let wanted = wanted_by(&entry.watches);
+        // As in `ready`: a direction no longer wanted must count as new when wanted again,
+        // so that `Registrar::widened` asks for the re-check an edge-triggered loop needs.
+        entry.wanted = wanted;
         if wanted.is_empty() {
             return Recheck::nothing();
         }
@@ -582,8 +588,26 @@ impl<R> FdRegistry<R> {
         }
     }
 
-    /// Brings entry `key`'s registration in line with its enabled watches, as `why` allows.
+    /// Brings entry `key`'s registration in line with its enabled watches, as `why` allows,
+    /// and tells the host when they want more than before (edge-triggered loops re-check).
     fn sync<H>(&mut self, key: usize, why: Sync, host: &mut H) -> Result<(), Failure>
+    where
+        H: Registrar<Registration = R>,
+    {
+        let entry = &self.entries[key];
+        let grew = wanted_by(&entry.watches) & !entry.wanted;
+        self.apply(key, why, host)?;
+        if !grew.is_empty() {
+            let entry = &self.entries[key];
+            if entry.registration.is_some() {
+                let token = Token::new(key, entry.generation);
+                host.widened(entry.fd, token, entry.wanted);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply<H>(&mut self, key: usize, why: Sync, host: &mut H) -> Result<(), Failure>
     where
         H: Registrar<Registration = R>,
     {
@@ -591,7 +615,6 @@ impl<R> FdRegistry<R> {
         let token = Token::new(key, entry.generation);
         let fd = entry.fd;
         let wanted = wanted_by(&entry.watches);
-        let grew = wanted & !entry.wanted;
         entry.wanted = wanted;
         match entry.registration.as_mut() {
             None if wanted.is_empty() => return Ok(()),
@@ -631,9 +654,6 @@ impl<R> FdRegistry<R> {
                     },
                 }
             }
-        }
-        if !grew.is_empty() {
-            host.widened(fd, token, wanted);
         }
         Ok(())
     }
