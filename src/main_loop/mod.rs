@@ -442,7 +442,7 @@ impl MainLoop {
 
     /// How many fds are registered with the poller right now (the wakeup fd not counted). An
     /// fd whose watches were all disabled stays registered until it reports something
-    /// (NOTES 23); an fd whose watches were all removed is never counted.
+    /// (NOTES 38); an fd whose watches were all removed is never counted.
     pub fn registered_fds(&self) -> usize {
         self.inner.lock().fds.registered()
     }
