@@ -871,3 +871,42 @@ fn c16_a_wakeup_from_the_loops_own_thread_does_not_cut_the_next_wait_short() {
         lp.detach(&*q).unwrap();
     }
 }
+
+/// C7 with two sets of the same loop: the new set's `add` comes before the old set's
+/// `remove`, so the loop must count both and keep polling the watch and timing the timeout.
+#[test]
+fn c7_replacing_a_set_with_another_of_the_same_loop_keeps_everything_running() {
+    let _fds = fds_shared();
+    for backend in backends() {
+        let lp = MainLoop::with_backend(backend).unwrap();
+        let (watches, timeouts) = (WatchList::new(), TimeoutList::new());
+        watches.set_functions(Some(lp.watch_functions())).unwrap();
+        timeouts
+            .set_functions(Some(lp.timeout_functions()))
+            .unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let (reads, handler) = counter();
+        let w = Watch::new(a.as_raw_fd(), WatchFlags::READABLE, handler);
+        watches.add(&w).unwrap();
+        let fired = Arc::new(AtomicUsize::new(0));
+        let f = Arc::clone(&fired);
+        let t = Timeout::new(Duration::from_millis(5), move || {
+            f.fetch_add(1, Ordering::SeqCst);
+        });
+        timeouts.add(&t).unwrap();
+        watches.set_functions(Some(lp.watch_functions())).unwrap();
+        timeouts
+            .set_functions(Some(lp.timeout_functions()))
+            .unwrap();
+        assert_eq!((lp.registered_fds(), lp.timeouts()), (1, 1), "{backend:?}");
+        (&b).write_all(b"!").unwrap();
+        assert!(
+            run_until(&lp, || reads.load(Ordering::SeqCst) > 0
+                && fired.load(Ordering::SeqCst) > 0),
+            "{backend:?}"
+        );
+        watches.remove(&w).unwrap();
+        timeouts.remove(&t).unwrap();
+        assert_eq!((lp.registered_fds(), lp.timeouts()), (0, 0), "{backend:?}");
+    }
+}

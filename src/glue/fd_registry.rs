@@ -116,6 +116,10 @@ struct Entry<R> {
     identity: FileIdentity,
     generation: u32,
     watches: Vec<Watch>,
+    /// Further adds of a watch already in `watches`, each undone by one remove: two function
+    /// sets of the same loop both hold the watch while one replaces the other (C7 calls the
+    /// new `add` before the old `remove`).
+    extra: Vec<Watch>,
     /// The host's registration and what it reports; `None` while not registered.
     registration: Option<(R, WatchFlags)>,
     /// What the enabled watches wanted when last looked at.
@@ -225,6 +229,7 @@ impl<R> FdRegistry<R> {
             identity,
             generation,
             watches: vec![watch.clone()],
+            extra: Vec::new(),
             registration: None,
             wanted: WatchFlags::empty(),
             live: true,
@@ -246,6 +251,7 @@ impl<R> FdRegistry<R> {
     {
         let entry = &mut self.entries[key];
         if entry.watches.contains(watch) {
+            entry.extra.push(watch.clone());
             return Ok(());
         }
         entry.watches.push(watch.clone());
@@ -534,6 +540,10 @@ impl<R> FdRegistry<R> {
         H: Registrar<Registration = R>,
     {
         let entry = &mut self.entries[key];
+        if let Some(i) = entry.extra.iter().position(|w| w == watch) {
+            entry.extra.swap_remove(i); // another add of it still stands
+            return;
+        }
         let before = entry.watches.len();
         entry.watches.retain(|w| w != watch);
         if entry.watches.len() == before {
@@ -557,6 +567,7 @@ impl<R> FdRegistry<R> {
             return false;
         }
         entry.watches.retain(|w| !w.is_removed());
+        entry.extra.retain(|w| !w.is_removed());
         if entry.watches.is_empty() {
             self.free(key, host);
             return true;

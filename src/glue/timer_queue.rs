@@ -63,6 +63,9 @@ pub struct TimerQueue {
 struct Timer {
     timeout: Timeout,
     deadline: Deadline,
+    /// How many adds are not yet undone by a remove: two function sets of the same loop
+    /// both hold the timeout while one replaces the other (C7 adds before it removes).
+    adds: u32,
     /// Bumped on every re-arm and disarm: heap and collected entries of an older generation
     /// are stale and skipped, so a toggle costs O(log n) and never a search.
     generation: u64,
@@ -77,9 +80,14 @@ impl TimerQueue {
     /// Tracks `timeout`, armed for `now + interval()` if it is enabled — the glue's
     /// [`TimeoutFunctions::add`](crate::TimeoutFunctions::add).
     pub fn add(&mut self, timeout: &Timeout, now: Instant) {
+        if let Some(timer) = self.timers.get_mut(&timeout.id()) {
+            timer.adds += 1;
+            return;
+        }
         let mut timer = Timer {
             timeout: timeout.clone(),
             deadline: Deadline::NEVER,
+            adds: 1,
             generation: 0,
         };
         if timeout.is_enabled() {
@@ -89,16 +97,19 @@ impl TimerQueue {
                 Deadline::after(now, timeout.interval()),
             );
         }
-        if let Some(old) = self.timers.insert(timeout.id(), timer) {
-            drop(old);
-        }
+        self.timers.insert(timeout.id(), timer);
     }
 
     /// Forgets `timeout` — the glue's
     /// [`TimeoutFunctions::remove`](crate::TimeoutFunctions::remove).
     pub fn remove(&mut self, timeout: &Timeout) {
-        self.timers.remove(&timeout.id());
-        self.compact();
+        if let Some(timer) = self.timers.get_mut(&timeout.id()) {
+            timer.adds -= 1;
+            if timer.adds == 0 {
+                self.timers.remove(&timeout.id());
+                self.compact();
+            }
+        }
     }
 
     /// Follows `timeout`'s enabled state — the glue's
