@@ -104,6 +104,8 @@ mod wakeup;
 mod watch;
 
 pub mod contract;
+#[cfg(feature = "dbus")]
+pub mod dbus;
 pub mod glue;
 pub mod handles;
 #[cfg(feature = "libvirt")]

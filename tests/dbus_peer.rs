@@ -1,0 +1,203 @@
+//! The libdbus bridge peer to peer, no daemon: a `DBusServer` and clients on `MainLoop`.
+//! Needs the `dbus` feature (system libdbus, or `dbus-vendored`).
+
+mod dbus_support;
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use dbus_support::{payload, run_until, Peer, Reply};
+use loopglue::dbus::{Connection, Server};
+use loopglue::{DispatchStatus, MainLoop, Source, Watch, WatchFunctions};
+
+const TICK: Option<Duration> = Some(Duration::from_millis(200));
+
+/// A server on `main_loop` whose accepted connections answer through a [`Peer`] filter.
+fn serve(main_loop: &Arc<MainLoop>) -> (Server, Arc<Mutex<Vec<Peer>>>) {
+    let server = Server::listen("unix:tmpdir=/tmp").expect("listen");
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let (sink, looper) = (Arc::clone(&accepted), Arc::downgrade(main_loop));
+    server.set_new_connection_function(move |conn: Connection| {
+        let looper = looper.upgrade().expect("loop alive");
+        looper.attach(Arc::new(conn.clone())).expect("attach accepted");
+        sink.lock().unwrap().push(Peer::new(conn));
+    });
+    main_loop.attach(Arc::new(server.clone())).expect("attach server");
+    (server, accepted)
+}
+
+fn connect(main_loop: &MainLoop, server: &Server) -> Peer {
+    let client = Peer::new(Connection::open_private(&server.address()).expect("open"));
+    main_loop.attach(Arc::new(client.conn.clone())).expect("attach client");
+    client
+}
+
+fn step(main_loop: &MainLoop) -> impl FnMut() + '_ {
+    move || {
+        main_loop.run_once(TICK).expect("run_once");
+    }
+}
+
+#[test]
+fn ping_pong_signals_and_disconnect_on_main_loop() {
+    let main_loop = Arc::new(MainLoop::new().unwrap());
+    let (server, accepted) = serve(&main_loop);
+    let client = connect(&main_loop, &server);
+    run_until("authentication", step(&main_loop), || {
+        client.authenticated() && accepted.lock().unwrap().len() == 1
+    });
+
+    // Method call ping-pong, each answer checked.
+    for n in 0..2000u32 {
+        let serial = client.ping(None, n);
+        run_until("a reply", step(&main_loop), || client.reply(serial).is_some());
+        assert_eq!(client.reply(serial), Some(Reply::Number(n + 1)));
+    }
+    assert_eq!(accepted.lock().unwrap()[0].seen.lock().unwrap().calls, 2000);
+
+    // Signals both ways.
+    client.signal("FromClient");
+    accepted.lock().unwrap()[0].signal("FromServer");
+    run_until("signals", step(&main_loop), || {
+        client.seen.lock().unwrap().signals == ["FromServer"]
+            && accepted.lock().unwrap()[0].seen.lock().unwrap().signals == ["FromClient"]
+    });
+
+    // Disconnect: the client closes; both ends see Disconnected, the glue loses the watches.
+    client.conn.close();
+    run_until("disconnect seen by both", step(&main_loop), || {
+        client.seen.lock().unwrap().disconnected
+            && accepted.lock().unwrap()[0].seen.lock().unwrap().disconnected
+    });
+    main_loop.detach(&client.conn).unwrap();
+    let server_side = accepted.lock().unwrap().pop().unwrap();
+    main_loop.detach(&server_side.conn).unwrap();
+    main_loop.detach(&server).unwrap();
+    assert_eq!(main_loop.registered_fds(), 0, "every watch was removed");
+    assert!(!client.conn.has_watch_functions());
+}
+
+#[test]
+fn sixteen_mib_both_ways_intact() {
+    let main_loop = Arc::new(MainLoop::new().unwrap());
+    let (server, accepted) = serve(&main_loop);
+    let client = connect(&main_loop, &server);
+    let big = payload(16 << 20, 7);
+    let serial = client.echo(None, &big);
+    run_until("the 16 MiB echo", step(&main_loop), || client.reply(serial).is_some());
+    assert!(client.reply(serial) == Some(Reply::Bytes(big)), "payload corrupted");
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+}
+
+/// libdbus 1.14: a call pending when the connection drops gets no notification; libdbus
+/// queues a NoReply error for it, which — the call already gone from its table — reaches the
+/// filters, followed by Disconnected. This pins down what really happens.
+#[test]
+fn call_pending_at_disconnect_reaches_the_filters_not_the_notify() {
+    let main_loop = Arc::new(MainLoop::new().unwrap());
+    let (server, accepted) = serve(&main_loop);
+    let client = connect(&main_loop, &server);
+    let serial = client.stall(None);
+    run_until("the server to hold the call", step(&main_loop), || {
+        accepted.lock().unwrap().first().is_some_and(|p| p.seen.lock().unwrap().stalled == 1)
+    });
+    // The server drops the connection without answering.
+    let server_side = accepted.lock().unwrap().pop().unwrap();
+    main_loop.detach(&server_side.conn).unwrap();
+    drop(server_side); // the bridge owns accepted connections: this closes it
+    run_until("the client to see the disconnect", step(&main_loop), || {
+        client.seen.lock().unwrap().disconnected
+    });
+    let seen = client.seen.lock().unwrap();
+    assert_eq!(seen.replies.get(&serial), None, "the pending call's notify never ran");
+    assert_eq!(
+        seen.filtered_errors,
+        [("org.freedesktop.DBus.Error.NoReply".to_string(), serial)],
+        "the NoReply error went to the filters"
+    );
+}
+
+/// C11 for a libdbus source: a glue whose `toggled` dispatches. A large send toggles the
+/// client's write watch from inside `dbus_connection_send`, with libdbus's connection lock
+/// held; dispatching from there re-enters libdbus and hangs forever without the bridge's
+/// deferral.
+struct DispatchingGlue {
+    inner: Box<dyn WatchFunctions>,
+    source: Weak<Connection>,
+    dispatched: Arc<AtomicUsize>,
+}
+
+impl WatchFunctions for DispatchingGlue {
+    fn add(&mut self, watch: &Watch) -> io::Result<()> {
+        self.inner.add(watch)
+    }
+    fn remove(&mut self, watch: &Watch) {
+        self.inner.remove(watch);
+    }
+    fn toggled(&mut self, watch: &Watch) {
+        self.inner.toggled(watch);
+        if let Some(source) = self.source.upgrade() {
+            // Also a `handle` from inside the call-out, as a careless edge glue would.
+            watch.handle(loopglue::WatchFlags::WRITABLE);
+            while source.dispatch() == DispatchStatus::DataRemains {}
+            self.dispatched.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn a_glue_that_dispatches_from_toggled_does_not_hang() {
+    let (done, finished) = std::sync::mpsc::channel();
+    let dispatched = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&dispatched);
+    // On a thread of its own, so that a hang fails the test instead of stalling it.
+    std::thread::spawn(move || {
+        let main_loop = Arc::new(MainLoop::new().unwrap());
+        let (server, _accepted) = serve(&main_loop);
+        let client = connect(&main_loop, &server);
+        let source = Arc::new(client.conn.clone());
+        source
+            .set_watch_functions(Some(Box::new(DispatchingGlue {
+                inner: main_loop.watch_functions(),
+                source: Arc::downgrade(&source),
+                dispatched: counter,
+            })))
+            .map_err(|e| e.into_error())
+            .unwrap();
+        let big = payload(4 << 20, 3);
+        let serial = client.echo(None, &big); // toggles the write watch inside libdbus
+        run_until("the echo", step(&main_loop), || client.reply(serial).is_some());
+        let _ = done.send(client.reply(serial) == Some(Reply::Bytes(big)));
+        drop(source);
+    });
+    let intact = finished
+        .recv_timeout(dbus_support::DEADLINE)
+        .expect("hung inside libdbus: dispatch from toggled re-entered the connection");
+    assert!(intact);
+    assert!(dispatched.load(Ordering::Relaxed) > 0, "the glue's toggled ran and dispatched");
+}
+
+#[test]
+fn detach_restores_libdbus_to_no_functions_and_reattach_works() {
+    let main_loop = Arc::new(MainLoop::new().unwrap());
+    let (server, _accepted) = serve(&main_loop);
+    let client = connect(&main_loop, &server);
+    run_until("authentication", step(&main_loop), || client.authenticated());
+    main_loop.detach(&client.conn).unwrap();
+    assert!(!client.conn.has_watch_functions());
+    // Another loop takes it over.
+    let second = MainLoop::new().unwrap();
+    second.attach(Arc::new(client.conn.clone())).unwrap();
+    let serial = client.ping(None, 41);
+    run_until(
+        "a reply across two loops",
+        || {
+            main_loop.run_once(Some(Duration::from_millis(5))).unwrap();
+            second.run_once(Some(Duration::from_millis(5))).unwrap();
+        },
+        || client.reply(serial).is_some(),
+    );
+    assert_eq!(client.reply(serial), Some(Reply::Number(42)));
+}

@@ -1,0 +1,324 @@
+//! Shared by the libdbus bridge tests: a peer that answers and records messages through
+//! libdbus filters, and a bounded "run the loop until" helper.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_void};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libdbus_sys as sys;
+use loopglue::dbus::{ffi, Connection};
+
+pub const IFACE: &str = "org.loopglue.Test";
+pub const PATH: &str = "/org/loopglue/Test";
+const DISCONNECTED_IFACE: &str = "org.freedesktop.DBus.Local";
+
+/// How long a test waits for something that should happen at once before it calls it a hang.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// What a call's reply was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Number(u32),
+    Bytes(Vec<u8>),
+    Error(String),
+}
+
+/// Everything a peer saw.
+#[derive(Default, Debug)]
+pub struct Seen {
+    pub replies: HashMap<u32, Reply>,
+    pub signals: Vec<String>,
+    pub calls: usize,
+    /// Error messages that reached the filter: (error name, reply serial).
+    pub filtered_errors: Vec<(String, u32)>,
+    pub disconnected: bool,
+    /// Calls to "Stall" that were never answered.
+    pub stalled: usize,
+}
+
+/// A connection with a filter that answers `Ping(u) -> u+1` and `Echo(ay) -> ay`, leaves
+/// `Stall` unanswered, and records signals, replies and errors.
+pub struct Peer {
+    pub conn: Connection,
+    pub seen: Arc<Mutex<Seen>>,
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+unsafe fn str_of(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+unsafe fn read_number(msg: *mut sys::DBusMessage) -> Option<u32> {
+    let mut iter: sys::DBusMessageIter = std::mem::zeroed();
+    if sys::dbus_message_iter_init(msg, &mut iter) == 0
+        || sys::dbus_message_iter_get_arg_type(&mut iter) != sys::DBUS_TYPE_UINT32
+    {
+        return None;
+    }
+    let mut n: u32 = 0;
+    sys::dbus_message_iter_get_basic(&mut iter, (&mut n as *mut u32).cast());
+    Some(n)
+}
+
+unsafe fn read_bytes(msg: *mut sys::DBusMessage) -> Option<Vec<u8>> {
+    let mut iter: sys::DBusMessageIter = std::mem::zeroed();
+    if sys::dbus_message_iter_init(msg, &mut iter) == 0
+        || sys::dbus_message_iter_get_arg_type(&mut iter) != sys::DBUS_TYPE_ARRAY
+    {
+        return None;
+    }
+    let mut sub: sys::DBusMessageIter = std::mem::zeroed();
+    sys::dbus_message_iter_recurse(&mut iter, &mut sub);
+    let mut data: *const u8 = std::ptr::null();
+    let mut n: i32 = 0;
+    sys::dbus_message_iter_get_fixed_array(&mut sub, (&mut data as *mut *const u8).cast(), &mut n);
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    Some(std::slice::from_raw_parts(data, n as usize).to_vec())
+}
+
+unsafe fn append_number(msg: *mut sys::DBusMessage, n: u32) {
+    let mut iter: sys::DBusMessageIter = std::mem::zeroed();
+    sys::dbus_message_iter_init_append(msg, &mut iter);
+    assert_ne!(
+        sys::dbus_message_iter_append_basic(&mut iter, sys::DBUS_TYPE_UINT32, (&n as *const u32).cast()),
+        0
+    );
+}
+
+unsafe fn append_bytes(msg: *mut sys::DBusMessage, bytes: &[u8]) {
+    let mut iter: sys::DBusMessageIter = std::mem::zeroed();
+    sys::dbus_message_iter_init_append(msg, &mut iter);
+    let mut sub: sys::DBusMessageIter = std::mem::zeroed();
+    let y = c("y");
+    assert_ne!(sys::dbus_message_iter_open_container(&mut iter, sys::DBUS_TYPE_ARRAY, y.as_ptr(), &mut sub), 0);
+    let data = bytes.as_ptr();
+    assert_ne!(
+        sys::dbus_message_iter_append_fixed_array(
+            &mut sub,
+            sys::DBUS_TYPE_BYTE,
+            (&data as *const *const u8).cast(),
+            bytes.len() as i32
+        ),
+        0
+    );
+    assert_ne!(sys::dbus_message_iter_close_container(&mut iter, &mut sub), 0);
+}
+
+extern "C" fn filter(
+    conn: *mut sys::DBusConnection,
+    msg: *mut sys::DBusMessage,
+    data: *mut c_void,
+) -> sys::DBusHandlerResult {
+    // SAFETY: `data` is the Arc<Mutex<Seen>> leaked in `Peer::new`, freed by `free_seen`.
+    let seen = unsafe { &*data.cast::<Mutex<Seen>>() };
+    unsafe {
+        let iface = str_of(sys::dbus_message_get_interface(msg));
+        let member = str_of(sys::dbus_message_get_member(msg));
+        match sys::dbus_message_get_type(msg) {
+            4 if iface == DISCONNECTED_IFACE && member == "Disconnected" => {
+                seen.lock().unwrap().disconnected = true;
+                return sys::DBusHandlerResult::Handled;
+            }
+            4 if iface == IFACE => {
+                seen.lock().unwrap().signals.push(member);
+                return sys::DBusHandlerResult::Handled;
+            }
+            1 if iface == IFACE => {
+                seen.lock().unwrap().calls += 1;
+                let reply = match member.as_str() {
+                    "Ping" => {
+                        let n = read_number(msg).unwrap_or(0);
+                        let reply = sys::dbus_message_new_method_return(msg);
+                        append_number(reply, n.wrapping_add(1));
+                        reply
+                    }
+                    "Echo" => {
+                        let bytes = read_bytes(msg).unwrap_or_default();
+                        let reply = sys::dbus_message_new_method_return(msg);
+                        append_bytes(reply, &bytes);
+                        reply
+                    }
+                    "Stall" => {
+                        seen.lock().unwrap().stalled += 1;
+                        return sys::DBusHandlerResult::Handled;
+                    }
+                    _ => return sys::DBusHandlerResult::NotYetHandled,
+                };
+                sys::dbus_connection_send(conn, reply, std::ptr::null_mut());
+                sys::dbus_message_unref(reply);
+                return sys::DBusHandlerResult::Handled;
+            }
+            3 => {
+                let name = str_of(ffi::dbus_message_get_error_name(msg));
+                let serial = sys::dbus_message_get_reply_serial(msg);
+                seen.lock().unwrap().filtered_errors.push((name, serial));
+                return sys::DBusHandlerResult::Handled;
+            }
+            _ => {}
+        }
+    }
+    sys::DBusHandlerResult::NotYetHandled
+}
+
+extern "C" fn free_seen(data: *mut c_void) {
+    // SAFETY: the Arc leaked in `Peer::new`.
+    drop(unsafe { Arc::from_raw(data.cast::<Mutex<Seen>>()) });
+}
+
+struct Waiting {
+    seen: Arc<Mutex<Seen>>,
+    serial: u32,
+}
+
+extern "C" fn reply_ready(pending: *mut sys::DBusPendingCall, data: *mut c_void) {
+    // SAFETY: `data` is the Box<Waiting> set in `Peer::call`, freed by `free_waiting`.
+    let waiting = unsafe { &*data.cast::<Waiting>() };
+    unsafe {
+        let reply = sys::dbus_pending_call_steal_reply(pending);
+        let outcome = if reply.is_null() {
+            Reply::Error("no reply".into())
+        } else if sys::dbus_message_get_type(reply) == 3 {
+            Reply::Error(str_of(ffi::dbus_message_get_error_name(reply)))
+        } else if let Some(n) = read_number(reply) {
+            Reply::Number(n)
+        } else {
+            Reply::Bytes(read_bytes(reply).unwrap_or_default())
+        };
+        if !reply.is_null() {
+            sys::dbus_message_unref(reply);
+        }
+        waiting.seen.lock().unwrap().replies.insert(waiting.serial, outcome);
+        sys::dbus_pending_call_unref(pending);
+    }
+}
+
+extern "C" fn free_waiting(data: *mut c_void) {
+    // SAFETY: the box made in `Peer::call`.
+    drop(unsafe { Box::from_raw(data.cast::<Waiting>()) });
+}
+
+impl Peer {
+    pub fn new(conn: Connection) -> Peer {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let data = Arc::into_raw(Arc::clone(&seen)).cast_mut().cast();
+        // SAFETY: a live connection; the filter's data is freed by libdbus with `free_seen`.
+        let added =
+            unsafe { sys::dbus_connection_add_filter(conn.as_ptr(), Some(filter), data, Some(free_seen)) };
+        assert_ne!(added, 0);
+        Peer { conn, seen }
+    }
+
+    fn method(&self, dest: Option<&str>, member: &str) -> *mut sys::DBusMessage {
+        let dest = dest.map(c);
+        let (path, iface, member) = (c(PATH), c(IFACE), c(member));
+        // SAFETY: valid C strings.
+        let msg = unsafe {
+            sys::dbus_message_new_method_call(
+                dest.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+                path.as_ptr(),
+                iface.as_ptr(),
+                member.as_ptr(),
+            )
+        };
+        assert!(!msg.is_null());
+        msg
+    }
+
+    /// Sends `msg` with a reply expected; returns its serial. The reply lands in `seen`.
+    fn call(&self, msg: *mut sys::DBusMessage) -> u32 {
+        let mut pending: *mut sys::DBusPendingCall = std::ptr::null_mut();
+        // SAFETY: a live connection and message.
+        unsafe {
+            assert_ne!(
+                sys::dbus_connection_send_with_reply(self.conn.as_ptr(), msg, &mut pending, -1),
+                0
+            );
+            let serial = sys::dbus_message_get_serial(msg);
+            sys::dbus_message_unref(msg);
+            assert!(!pending.is_null(), "connection already closed");
+            let waiting = Box::into_raw(Box::new(Waiting {
+                seen: Arc::clone(&self.seen),
+                serial,
+            }));
+            assert_ne!(
+                sys::dbus_pending_call_set_notify(pending, Some(reply_ready), waiting.cast(), Some(free_waiting)),
+                0
+            );
+            serial
+        }
+    }
+
+    pub fn ping(&self, dest: Option<&str>, n: u32) -> u32 {
+        let msg = self.method(dest, "Ping");
+        // SAFETY: a fresh message.
+        unsafe { append_number(msg, n) };
+        self.call(msg)
+    }
+
+    pub fn echo(&self, dest: Option<&str>, bytes: &[u8]) -> u32 {
+        let msg = self.method(dest, "Echo");
+        // SAFETY: a fresh message.
+        unsafe { append_bytes(msg, bytes) };
+        self.call(msg)
+    }
+
+    pub fn stall(&self, dest: Option<&str>) -> u32 {
+        let msg = self.method(dest, "Stall");
+        self.call(msg)
+    }
+
+    /// Sends the signal `member` (peer to peer: to the other end; on a bus: broadcast).
+    pub fn signal(&self, member: &str) {
+        let (path, iface, member) = (c(PATH), c(IFACE), c(member));
+        // SAFETY: valid C strings, a live connection.
+        unsafe {
+            let msg = sys::dbus_message_new_signal(path.as_ptr(), iface.as_ptr(), member.as_ptr());
+            assert_ne!(sys::dbus_connection_send(self.conn.as_ptr(), msg, std::ptr::null_mut()), 0);
+            sys::dbus_message_unref(msg);
+        }
+    }
+
+    pub fn reply(&self, serial: u32) -> Option<Reply> {
+        self.seen.lock().unwrap().replies.get(&serial).cloned()
+    }
+
+    pub fn authenticated(&self) -> bool {
+        // SAFETY: a live connection.
+        unsafe { ffi::dbus_connection_get_is_authenticated(self.conn.as_ptr()) != 0 }
+    }
+}
+
+/// Runs `step` (one loop iteration) until `done` holds; panics after [`DEADLINE`] — a hang,
+/// not a slow machine.
+pub fn run_until(what: &str, mut step: impl FnMut(), mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "hung waiting for {what}");
+        step();
+    }
+}
+
+/// A pseudo-random payload that shows corruption and reordering.
+pub fn payload(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
