@@ -21,16 +21,22 @@ fn serve(main_loop: &Arc<MainLoop>) -> (Server, Arc<Mutex<Vec<Peer>>>) {
     let (sink, looper) = (Arc::clone(&accepted), Arc::downgrade(main_loop));
     server.set_new_connection_function(move |conn: Connection| {
         let looper = looper.upgrade().expect("loop alive");
-        looper.attach(Arc::new(conn.clone())).expect("attach accepted");
+        looper
+            .attach(Arc::new(conn.clone()))
+            .expect("attach accepted");
         sink.lock().unwrap().push(Peer::new(conn));
     });
-    main_loop.attach(Arc::new(server.clone())).expect("attach server");
+    main_loop
+        .attach(Arc::new(server.clone()))
+        .expect("attach server");
     (server, accepted)
 }
 
 fn connect(main_loop: &MainLoop, server: &Server) -> Peer {
     let client = Peer::new(Connection::open_private(&server.address()).expect("open"));
-    main_loop.attach(Arc::new(client.conn.clone())).expect("attach client");
+    main_loop
+        .attach(Arc::new(client.conn.clone()))
+        .expect("attach client");
     client
 }
 
@@ -52,7 +58,9 @@ fn ping_pong_signals_and_disconnect_on_main_loop() {
     // Method call ping-pong, each answer checked.
     for n in 0..2000u32 {
         let serial = client.ping(None, n);
-        run_until("a reply", step(&main_loop), || client.reply(serial).is_some());
+        run_until("a reply", step(&main_loop), || {
+            client.reply(serial).is_some()
+        });
         assert_eq!(client.reply(serial), Some(Reply::Number(n + 1)));
     }
     assert_eq!(accepted.lock().unwrap()[0].seen.lock().unwrap().calls, 2000);
@@ -69,7 +77,11 @@ fn ping_pong_signals_and_disconnect_on_main_loop() {
     client.conn.close();
     run_until("disconnect seen by both", step(&main_loop), || {
         client.seen.lock().unwrap().disconnected
-            && accepted.lock().unwrap()[0].seen.lock().unwrap().disconnected
+            && accepted.lock().unwrap()[0]
+                .seen
+                .lock()
+                .unwrap()
+                .disconnected
     });
     main_loop.detach(&client.conn).unwrap();
     let server_side = accepted.lock().unwrap().pop().unwrap();
@@ -86,8 +98,13 @@ fn sixteen_mib_both_ways_intact() {
     let client = connect(&main_loop, &server);
     let big = payload(16 << 20, 7);
     let serial = client.echo(None, &big);
-    run_until("the 16 MiB echo", step(&main_loop), || client.reply(serial).is_some());
-    assert!(client.reply(serial) == Some(Reply::Bytes(big)), "payload corrupted");
+    run_until("the 16 MiB echo", step(&main_loop), || {
+        client.reply(serial).is_some()
+    });
+    assert!(
+        client.reply(serial) == Some(Reply::Bytes(big)),
+        "payload corrupted"
+    );
     assert_eq!(accepted.lock().unwrap().len(), 1);
 }
 
@@ -101,7 +118,11 @@ fn call_pending_at_disconnect_reaches_the_filters_not_the_notify() {
     let client = connect(&main_loop, &server);
     let serial = client.stall(None);
     run_until("the server to hold the call", step(&main_loop), || {
-        accepted.lock().unwrap().first().is_some_and(|p| p.seen.lock().unwrap().stalled == 1)
+        accepted
+            .lock()
+            .unwrap()
+            .first()
+            .is_some_and(|p| p.seen.lock().unwrap().stalled == 1)
     });
     // The server drops the connection without answering.
     let server_side = accepted.lock().unwrap().pop().unwrap();
@@ -111,7 +132,11 @@ fn call_pending_at_disconnect_reaches_the_filters_not_the_notify() {
         client.seen.lock().unwrap().disconnected
     });
     let seen = client.seen.lock().unwrap();
-    assert_eq!(seen.replies.get(&serial), None, "the pending call's notify never ran");
+    assert_eq!(
+        seen.replies.get(&serial),
+        None,
+        "the pending call's notify never ran"
+    );
     assert_eq!(
         seen.filtered_errors,
         [("org.freedesktop.DBus.Error.NoReply".to_string(), serial)],
@@ -119,10 +144,11 @@ fn call_pending_at_disconnect_reaches_the_filters_not_the_notify() {
     );
 }
 
-/// C11 for a libdbus source: a glue whose `toggled` dispatches. A large send toggles the
-/// client's write watch from inside `dbus_connection_send`, with libdbus's connection lock
-/// held; dispatching from there re-enters libdbus and hangs forever without the bridge's
-/// deferral.
+/// C11 for a libdbus source: a glue whose `toggled` dispatches. The server answers `Echo`
+/// from its filter, inside `dbus_connection_dispatch`; the 4 MiB reply fills the socket while a second call waits, and and
+/// toggles the write watch from inside `dbus_connection_send`, with libdbus's lock held and
+/// its dispatch acquired. A `dispatch()` from there waits forever for the dispatch that is
+/// running on the same thread — unless the bridge defers it.
 struct DispatchingGlue {
     inner: Box<dyn WatchFunctions>,
     source: Weak<Connection>,
@@ -155,28 +181,54 @@ fn a_glue_that_dispatches_from_toggled_does_not_hang() {
     // On a thread of its own, so that a hang fails the test instead of stalling it.
     std::thread::spawn(move || {
         let main_loop = Arc::new(MainLoop::new().unwrap());
-        let (server, _accepted) = serve(&main_loop);
+        let server = Server::listen("unix:tmpdir=/tmp").expect("listen");
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let (sink, looper) = (Arc::clone(&kept), Arc::downgrade(&main_loop));
+        server.set_new_connection_function(move |conn: Connection| {
+            let looper = looper.upgrade().expect("loop alive");
+            let source = Arc::new(conn.clone());
+            looper.attach(source.clone()).expect("attach accepted");
+            // Swap MainLoop's watch glue for the careless one, which still registers with
+            // the same loop.
+            source
+                .set_watch_functions(None)
+                .map_err(|e| e.into_error())
+                .unwrap();
+            source
+                .set_watch_functions(Some(Box::new(DispatchingGlue {
+                    inner: looper.watch_functions(),
+                    source: Arc::downgrade(&source),
+                    dispatched: Arc::clone(&counter),
+                })))
+                .map_err(|e| e.into_error())
+                .unwrap();
+            sink.lock().unwrap().push((Peer::new(conn), source));
+        });
+        main_loop
+            .attach(Arc::new(server.clone()))
+            .expect("attach server");
         let client = connect(&main_loop, &server);
-        let source = Arc::new(client.conn.clone());
-        source
-            .set_watch_functions(Some(Box::new(DispatchingGlue {
-                inner: main_loop.watch_functions(),
-                source: Arc::downgrade(&source),
-                dispatched: counter,
-            })))
-            .map_err(|e| e.into_error())
-            .unwrap();
+        // Two calls queued at the server: while the first one's reply is being sent, the
+        // second one is waiting, so a nested dispatch would have work to take.
         let big = payload(4 << 20, 3);
-        let serial = client.echo(None, &big); // toggles the write watch inside libdbus
-        run_until("the echo", step(&main_loop), || client.reply(serial).is_some());
-        let _ = done.send(client.reply(serial) == Some(Reply::Bytes(big)));
-        drop(source);
+        let first = client.echo(None, &big);
+        let second = client.ping(None, 1);
+        run_until("both replies", step(&main_loop), || {
+            client.reply(first).is_some() && client.reply(second).is_some()
+        });
+        let _ = done.send(
+            client.reply(first) == Some(Reply::Bytes(big))
+                && client.reply(second) == Some(Reply::Number(2)),
+        );
     });
     let intact = finished
         .recv_timeout(dbus_support::DEADLINE)
         .expect("hung inside libdbus: dispatch from toggled re-entered the connection");
     assert!(intact);
-    assert!(dispatched.load(Ordering::Relaxed) > 0, "the glue's toggled ran and dispatched");
+    assert!(
+        dispatched.load(Ordering::Relaxed) > 0,
+        "the glue's toggled ran and dispatched"
+    );
 }
 
 #[test]
@@ -184,7 +236,9 @@ fn detach_restores_libdbus_to_no_functions_and_reattach_works() {
     let main_loop = Arc::new(MainLoop::new().unwrap());
     let (server, _accepted) = serve(&main_loop);
     let client = connect(&main_loop, &server);
-    run_until("authentication", step(&main_loop), || client.authenticated());
+    run_until("authentication", step(&main_loop), || {
+        client.authenticated()
+    });
     main_loop.detach(&client.conn).unwrap();
     assert!(!client.conn.has_watch_functions());
     // Another loop takes it over.

@@ -382,9 +382,8 @@ impl Inner {
         // `read_write` leaves what it read in the transport; asking for the status moves
         // complete messages to the incoming queue (libdbus's wakeup then tells the glue), as
         // `dbus_watch_handle` does on its way out.
-        if self.read_status() == DispatchStatus::DataRemains {
-            self.status.update(DispatchStatus::DataRemains);
-        }
+        let status = self.read_status();
+        self.observe(status);
         self.panics.resume();
     }
 
@@ -469,7 +468,7 @@ impl Inner {
     fn dispatch_batch(&self) {
         for _ in 0..DISPATCH_BATCH {
             if self.dispatch_now() == DispatchStatus::Complete {
-                self.settle_complete();
+                self.observe(DispatchStatus::Complete);
                 return;
             }
         }
@@ -490,10 +489,22 @@ impl Inner {
         self.panics.resume();
     }
 
-    /// Tells the glue `Complete`, then checks that nothing arrived meanwhile: status reports
-    /// from two threads can overtake each other, and the glue's last word must not be a stale
-    /// `Complete` while messages wait.
-    fn settle_complete(&self) {
+    /// Tells the glue a status the bridge just read from libdbus.
+    ///
+    /// `Complete` is checked once more after it is told: status reports from two threads can
+    /// overtake each other (libdbus calls its status function after unlocking, and the
+    /// wakeup trampoline reports `DataRemains` for a message queued on any thread), and the
+    /// glue's last word must not be a stale `Complete` while messages wait. A glue that was
+    /// told `DataRemains` and finds `Complete` (the wakeup also fires for queued output) is
+    /// told `Complete`, so that the next message is announced again.
+    fn observe(&self, status: DispatchStatus) {
+        if status == DispatchStatus::DataRemains {
+            self.status.update(DispatchStatus::DataRemains);
+            return;
+        }
+        if self.status.status() == DispatchStatus::Complete {
+            return;
+        }
         self.status.update(DispatchStatus::Complete);
         if self.read_status() == DispatchStatus::DataRemains {
             self.status.update(DispatchStatus::DataRemains);
@@ -626,13 +637,16 @@ impl Inner {
     /// `timeout` is a live DBusTimeout (lock held).
     unsafe fn timeout_toggled(&self, timeout: *mut ffi::DBusTimeout) {
         // SAFETY: libdbus passes a live timeout; its data is ours.
-        let Some(object) = (unsafe { timeout_gate(timeout) }).and_then(|gate| gate.object())
-        else {
+        let Some(object) = (unsafe { timeout_gate(timeout) }).and_then(|gate| gate.object()) else {
             return;
         };
         // SAFETY: a live timeout.
-        let (enabled, interval) =
-            unsafe { (sys::dbus_timeout_get_enabled(timeout) != 0, interval_of(timeout)) };
+        let (enabled, interval) = unsafe {
+            (
+                sys::dbus_timeout_get_enabled(timeout) != 0,
+                interval_of(timeout),
+            )
+        };
         if enabled && interval != object.interval() {
             // libdbus changes an interval by disabling and re-enabling the timeout: the new
             // period starts now, with the new interval (C9, C10).
@@ -653,7 +667,9 @@ impl Inner {
     fn status_changed(&self, status: sys::DBusDispatchStatus) {
         match map_status(status) {
             Some(DispatchStatus::DataRemains) => self.status.update(DispatchStatus::DataRemains),
-            Some(DispatchStatus::Complete) if !callout::locked() => self.settle_complete(),
+            Some(DispatchStatus::Complete) if !callout::locked() => {
+                self.observe(DispatchStatus::Complete)
+            }
             Some(DispatchStatus::Complete) => self.status.update(DispatchStatus::Complete),
             None => self.schedule_retry(),
         }
@@ -821,42 +837,54 @@ unsafe extern "C" fn add_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) ->
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live watch, lock held.
-    inner.panics.locked(0, || unsafe { inner.watch_added(watch) })
+    inner
+        .panics
+        .locked(0, || unsafe { inner.watch_added(watch) })
 }
 
 unsafe extern "C" fn remove_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) {
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live watch, lock held.
-    inner.panics.locked((), || unsafe { inner.watch_removed(watch) });
+    inner
+        .panics
+        .locked((), || unsafe { inner.watch_removed(watch) });
 }
 
 unsafe extern "C" fn toggle_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) {
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live watch, lock held.
-    inner.panics.locked((), || unsafe { inner.watch_toggled(watch) });
+    inner
+        .panics
+        .locked((), || unsafe { inner.watch_toggled(watch) });
 }
 
 unsafe extern "C" fn add_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) -> u32 {
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live timeout, lock held.
-    inner.panics.locked(0, || unsafe { inner.timeout_added(timeout) })
+    inner
+        .panics
+        .locked(0, || unsafe { inner.timeout_added(timeout) })
 }
 
 unsafe extern "C" fn remove_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) {
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live timeout, lock held.
-    inner.panics.locked((), || unsafe { inner.timeout_removed(timeout) });
+    inner
+        .panics
+        .locked((), || unsafe { inner.timeout_removed(timeout) });
 }
 
 unsafe extern "C" fn toggle_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) {
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live timeout, lock held.
-    inner.panics.locked((), || unsafe { inner.timeout_toggled(timeout) });
+    inner
+        .panics
+        .locked((), || unsafe { inner.timeout_toggled(timeout) });
 }
 
 unsafe extern "C" fn wakeup_main(data: *mut c_void) {
@@ -998,7 +1026,9 @@ impl Source for Connection {
         if callout::inside() {
             return inner.status.status();
         }
-        inner.read_status()
+        let status = inner.read_status();
+        inner.observe(status);
+        status
     }
 
     /// `dbus_connection_dispatch`: runs the handlers of one incoming message. Inside a
@@ -1015,11 +1045,9 @@ impl Source for Connection {
             return DispatchStatus::Complete;
         }
         let status = inner.dispatch_now();
-        if status == DispatchStatus::Complete {
-            // libdbus reports a change only against its own last report, which a
-            // `read_write` never updates: tell the glue ourselves.
-            inner.settle_complete();
-        }
+        // libdbus reports a change only against its own last report, which a `read_write`
+        // never updates: tell the glue ourselves.
+        inner.observe(status);
         inner.panics.resume();
         status
     }

@@ -18,8 +18,8 @@
 use std::os::raw::{c_char, c_int, c_void};
 
 pub use libdbus_sys::{
-    DBusConnection, DBusDispatchStatus, DBusError, DBusFreeFunction, DBusMessage,
-    DBusPendingCall, DBusTimeout, DBusWatch,
+    DBusConnection, DBusDispatchStatus, DBusError, DBusFreeFunction, DBusMessage, DBusPendingCall,
+    DBusTimeout, DBusWatch,
 };
 
 /// libdbus's `dbus_bool_t`: a 32-bit integer, zero for false.
@@ -36,8 +36,9 @@ pub struct DBusServer {
 pub type WakeupMainFunction = Option<unsafe extern "C" fn(data: *mut c_void)>;
 
 /// `DBusNewConnectionFunction` (`dbus-server.h`).
-pub type NewConnectionFunction =
-    Option<unsafe extern "C" fn(server: *mut DBusServer, conn: *mut DBusConnection, data: *mut c_void)>;
+pub type NewConnectionFunction = Option<
+    unsafe extern "C" fn(server: *mut DBusServer, conn: *mut DBusConnection, data: *mut c_void),
+>;
 
 /// `DBusAddWatchFunction`, with `unsafe` so trampolines may be declared `unsafe extern "C"`.
 pub type AddWatchFunction =

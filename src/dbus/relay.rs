@@ -39,7 +39,8 @@ pub(crate) struct Slots<O> {
     pub(crate) slot: &'static AtomicI32,
     pub(crate) allocate: unsafe extern "C" fn(*mut i32) -> ffi::dbus_bool_t,
     pub(crate) get: unsafe extern "C" fn(*mut O, i32) -> *mut c_void,
-    pub(crate) set: unsafe extern "C" fn(*mut O, i32, *mut c_void, ffi::FreeFunction) -> ffi::dbus_bool_t,
+    pub(crate) set:
+        unsafe extern "C" fn(*mut O, i32, *mut c_void, ffi::FreeFunction) -> ffi::dbus_bool_t,
 }
 
 unsafe extern "C" fn free_relay<T>(data: *mut c_void) {

@@ -281,7 +281,12 @@ impl Inner {
         (self as *const Inner).cast_mut().cast()
     }
 
-    fn watch_ready(&self, state: &Weak<ServerWatch>, watch: Pointer<ffi::DBusWatch>, ready: WatchFlags) {
+    fn watch_ready(
+        &self,
+        state: &Weak<ServerWatch>,
+        watch: Pointer<ffi::DBusWatch>,
+        ready: WatchFlags,
+    ) {
         let Some(state) = state.upgrade() else { return };
         if !state.gate.enter() {
             return;
@@ -381,7 +386,11 @@ impl Inner {
         state.gate.open(object.clone());
         // SAFETY: a live watch; the data is a Box<Arc<ServerWatch>> freed by `free_watch`.
         unsafe {
-            sys::dbus_watch_set_data(watch, Box::into_raw(Box::new(state)).cast(), Some(free_watch))
+            sys::dbus_watch_set_data(
+                watch,
+                Box::into_raw(Box::new(state)).cast(),
+                Some(free_watch),
+            )
         };
         match self.watches.add(&object) {
             Ok(()) => 1,
@@ -446,7 +455,11 @@ impl Inner {
         // SAFETY: a live timeout; the data is a Box<Arc<Gate<Timeout>>> freed by
         // `free_timeout`.
         unsafe {
-            sys::dbus_timeout_set_data(timeout, Box::into_raw(Box::new(gate)).cast(), Some(free_timeout))
+            sys::dbus_timeout_set_data(
+                timeout,
+                Box::into_raw(Box::new(gate)).cast(),
+                Some(free_timeout),
+            )
         };
         match self.timeouts.add(&object) {
             Ok(()) => 1,
@@ -578,42 +591,54 @@ unsafe extern "C" fn add_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) ->
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live watch.
-    inner.panics.unlocked(0, || unsafe { inner.watch_added(watch) })
+    inner
+        .panics
+        .unlocked(0, || unsafe { inner.watch_added(watch) })
 }
 
 unsafe extern "C" fn remove_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) {
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live watch.
-    inner.panics.unlocked((), || unsafe { inner.watch_removed(watch) });
+    inner
+        .panics
+        .unlocked((), || unsafe { inner.watch_removed(watch) });
 }
 
 unsafe extern "C" fn toggle_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) {
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live watch.
-    inner.panics.unlocked((), || unsafe { inner.watch_toggled(watch) });
+    inner
+        .panics
+        .unlocked((), || unsafe { inner.watch_toggled(watch) });
 }
 
 unsafe extern "C" fn add_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) -> u32 {
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live timeout.
-    inner.panics.unlocked(0, || unsafe { inner.timeout_added(timeout) })
+    inner
+        .panics
+        .unlocked(0, || unsafe { inner.timeout_added(timeout) })
 }
 
 unsafe extern "C" fn remove_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) {
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live timeout.
-    inner.panics.unlocked((), || unsafe { inner.timeout_removed(timeout) });
+    inner
+        .panics
+        .unlocked((), || unsafe { inner.timeout_removed(timeout) });
 }
 
 unsafe extern "C" fn toggle_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) {
     // SAFETY: see above.
     let inner = unsafe { &*data.cast::<Inner>() };
     // SAFETY: libdbus passes a live timeout.
-    inner.panics.unlocked((), || unsafe { inner.timeout_toggled(timeout) });
+    inner
+        .panics
+        .unlocked((), || unsafe { inner.timeout_toggled(timeout) });
 }
 
 unsafe extern "C" fn new_connection(
@@ -627,11 +652,12 @@ unsafe extern "C" fn new_connection(
     if let Some(inner) = relay.target() {
         // Not marked as a call-out: the user attaches the new connection from here, and no
         // libdbus lock is held.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            inner.accepted(connection)
-        }));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.accepted(connection)));
         if let Err(payload) = outcome {
-            inner.panics.unlocked((), || std::panic::resume_unwind(payload));
+            inner
+                .panics
+                .unlocked((), || std::panic::resume_unwind(payload));
         }
     }
 }

@@ -92,7 +92,11 @@ unsafe fn append_number(msg: *mut sys::DBusMessage, n: u32) {
     let mut iter: sys::DBusMessageIter = std::mem::zeroed();
     sys::dbus_message_iter_init_append(msg, &mut iter);
     assert_ne!(
-        sys::dbus_message_iter_append_basic(&mut iter, sys::DBUS_TYPE_UINT32, (&n as *const u32).cast()),
+        sys::dbus_message_iter_append_basic(
+            &mut iter,
+            sys::DBUS_TYPE_UINT32,
+            (&n as *const u32).cast()
+        ),
         0
     );
 }
@@ -102,7 +106,15 @@ unsafe fn append_bytes(msg: *mut sys::DBusMessage, bytes: &[u8]) {
     sys::dbus_message_iter_init_append(msg, &mut iter);
     let mut sub: sys::DBusMessageIter = std::mem::zeroed();
     let y = c("y");
-    assert_ne!(sys::dbus_message_iter_open_container(&mut iter, sys::DBUS_TYPE_ARRAY, y.as_ptr(), &mut sub), 0);
+    assert_ne!(
+        sys::dbus_message_iter_open_container(
+            &mut iter,
+            sys::DBUS_TYPE_ARRAY,
+            y.as_ptr(),
+            &mut sub
+        ),
+        0
+    );
     let data = bytes.as_ptr();
     assert_ne!(
         sys::dbus_message_iter_append_fixed_array(
@@ -113,7 +125,10 @@ unsafe fn append_bytes(msg: *mut sys::DBusMessage, bytes: &[u8]) {
         ),
         0
     );
-    assert_ne!(sys::dbus_message_iter_close_container(&mut iter, &mut sub), 0);
+    assert_ne!(
+        sys::dbus_message_iter_close_container(&mut iter, &mut sub),
+        0
+    );
 }
 
 extern "C" fn filter(
@@ -199,7 +214,12 @@ extern "C" fn reply_ready(pending: *mut sys::DBusPendingCall, data: *mut c_void)
         if !reply.is_null() {
             sys::dbus_message_unref(reply);
         }
-        waiting.seen.lock().unwrap().replies.insert(waiting.serial, outcome);
+        waiting
+            .seen
+            .lock()
+            .unwrap()
+            .replies
+            .insert(waiting.serial, outcome);
         sys::dbus_pending_call_unref(pending);
     }
 }
@@ -214,8 +234,9 @@ impl Peer {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let data = Arc::into_raw(Arc::clone(&seen)).cast_mut().cast();
         // SAFETY: a live connection; the filter's data is freed by libdbus with `free_seen`.
-        let added =
-            unsafe { sys::dbus_connection_add_filter(conn.as_ptr(), Some(filter), data, Some(free_seen)) };
+        let added = unsafe {
+            sys::dbus_connection_add_filter(conn.as_ptr(), Some(filter), data, Some(free_seen))
+        };
         assert_ne!(added, 0);
         Peer { conn, seen }
     }
@@ -253,7 +274,12 @@ impl Peer {
                 serial,
             }));
             assert_ne!(
-                sys::dbus_pending_call_set_notify(pending, Some(reply_ready), waiting.cast(), Some(free_waiting)),
+                sys::dbus_pending_call_set_notify(
+                    pending,
+                    Some(reply_ready),
+                    waiting.cast(),
+                    Some(free_waiting)
+                ),
                 0
             );
             serial
@@ -285,7 +311,10 @@ impl Peer {
         // SAFETY: valid C strings, a live connection.
         unsafe {
             let msg = sys::dbus_message_new_signal(path.as_ptr(), iface.as_ptr(), member.as_ptr());
-            assert_ne!(sys::dbus_connection_send(self.conn.as_ptr(), msg, std::ptr::null_mut()), 0);
+            assert_ne!(
+                sys::dbus_connection_send(self.conn.as_ptr(), msg, std::ptr::null_mut()),
+                0
+            );
             sys::dbus_message_unref(msg);
         }
     }
