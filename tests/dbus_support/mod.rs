@@ -351,3 +351,128 @@ pub fn payload(len: usize, seed: u32) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A private `dbus-daemon` in a temporary directory, killed on drop.
+pub struct Daemon {
+    child: std::process::Child,
+    pub address: String,
+    dir: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Starts `dbus-daemon --config-file=<temp session config> --print-address --nofork`.
+    ///
+    /// # Panics
+    ///
+    /// If `dbus-daemon` is not installed (`.ci/run` installs it: `apt-get install dbus-daemon`).
+    pub fn start() -> Daemon {
+        use std::io::BufRead;
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "loopglue-dbus-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("session.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><type>session</type><listen>unix:dir={}</listen><auth>EXTERNAL</auth>
+<limit name="max_message_size">134217728</limit>
+<limit name="max_incoming_bytes">268435456</limit>
+<limit name="max_outgoing_bytes">268435456</limit>
+<limit name="max_completed_connections">1000</limit>
+<limit name="max_connections_per_user">1000</limit>
+<policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/></policy></busconfig>
+"#,
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--print-address")
+            .arg("--nofork")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dbus-daemon is not installed (apt-get install dbus-daemon)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line.trim().to_string();
+        assert!(!address.is_empty(), "dbus-daemon printed no address");
+        Daemon {
+            child,
+            address,
+            dir,
+        }
+    }
+
+    /// Kills the daemon (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Requests `name` on the bus (`dbus_bus_request_name`, blocking); returns libdbus's answer
+/// (1 primary owner, 2 in queue, 3 exists, 4 already owner).
+pub fn request_name(conn: &Connection, name: &str, flags: u32) -> i32 {
+    let name = c(name);
+    let mut error: sys::DBusError = unsafe { std::mem::zeroed() };
+    // SAFETY: a live connection, a valid name, an initialised error.
+    unsafe {
+        sys::dbus_error_init(&mut error);
+        let answer = sys::dbus_bus_request_name(conn.as_ptr(), name.as_ptr(), flags, &mut error);
+        sys::dbus_error_free(&mut error);
+        answer
+    }
+}
+
+/// A loop the bus tests run on. Adding an adapter to every bus test is one impl of this and
+/// one line in [`loops`].
+pub trait TestLoop {
+    fn attach(&self, source: Arc<dyn loopglue::Source>);
+    /// One iteration, waiting at most a short while.
+    fn turn(&self);
+    /// One iteration; how many handlers and dispatches ran.
+    fn turn_counting(&self, wait: Duration) -> usize;
+}
+
+impl TestLoop for loopglue::MainLoop {
+    fn attach(&self, source: Arc<dyn loopglue::Source>) {
+        loopglue::MainLoop::attach(self, source).expect("attach");
+    }
+    fn turn(&self) {
+        self.run_once(Some(Duration::from_millis(200)))
+            .expect("run_once");
+    }
+    fn turn_counting(&self, wait: Duration) -> usize {
+        self.run_once(Some(wait)).expect("run_once")
+    }
+}
+
+/// Every loop the bus tests run on: (name, constructor). The hook for tokio, mio, GLib and
+/// calloop once their adapters exist.
+pub fn loops() -> Vec<(&'static str, fn() -> Box<dyn TestLoop>)> {
+    vec![
+        ("MainLoop/epoll", || {
+            Box::new(loopglue::MainLoop::with_backend(loopglue::Backend::Epoll).unwrap())
+        }),
+        ("MainLoop/poll", || {
+            Box::new(loopglue::MainLoop::with_backend(loopglue::Backend::Poll).unwrap())
+        }),
+    ]
+}
