@@ -128,6 +128,8 @@ extern "C" {
     pub fn dbus_server_get_is_connected(server: *mut DBusServer) -> dbus_bool_t;
     /// `dbus_server_get_address` (free the result with `dbus_free`).
     pub fn dbus_server_get_address(server: *mut DBusServer) -> *mut c_char;
+    /// `dbus_server_get_id` (free the result with `dbus_free`).
+    pub fn dbus_server_get_id(server: *mut DBusServer) -> *mut c_char;
     /// `dbus_server_set_new_connection_function`.
     pub fn dbus_server_set_new_connection_function(
         server: *mut DBusServer,

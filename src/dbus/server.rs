@@ -57,6 +57,7 @@ type NewConnectionFn = Box<dyn FnMut(Connection) + Send>;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[doc(alias = "DBusServer")]
+#[doc(alias = "dbus_server_unref")]
 #[derive(Clone)]
 pub struct Server {
     owner: Arc<Owner>,
@@ -252,7 +253,48 @@ impl Server {
         }
     }
 
-    /// The libdbus server, for libdbus calls (`dbus_server_set_auth_mechanisms`, …).
+    /// The server's unique id (`dbus_server_get_id`), as clients see it in the address.
+    #[doc(alias = "dbus_server_get_id")]
+    pub fn id(&self) -> String {
+        // SAFETY: a live server; the string is ours to free.
+        unsafe {
+            let id = ffi::dbus_server_get_id(self.as_ptr());
+            if id.is_null() {
+                return String::new();
+            }
+            let out = CStr::from_ptr(id).to_string_lossy().into_owned();
+            sys::dbus_free(id.cast());
+            out
+        }
+    }
+
+    /// Restricts the authentication mechanisms clients may use
+    /// (`dbus_server_set_auth_mechanisms`), e.g. `&["EXTERNAL"]`; empty allows all.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAddress`] for a name with a NUL byte, [`Error::NoMemory`].
+    #[doc(alias = "dbus_server_set_auth_mechanisms")]
+    pub fn set_auth_mechanisms(&self, mechanisms: &[&str]) -> Result<(), Error> {
+        let names = mechanisms
+            .iter()
+            .map(|m| CString::new(*m).map_err(|_| Error::InvalidAddress))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut list: Vec<*const std::os::raw::c_char> = names.iter().map(|n| n.as_ptr()).collect();
+        list.push(std::ptr::null());
+        let list = if mechanisms.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            list.as_mut_ptr()
+        };
+        // SAFETY: a live server and a NULL-terminated array of C strings that libdbus copies.
+        if unsafe { ffi::dbus_server_set_auth_mechanisms(self.as_ptr(), list) } == 0 {
+            return Err(Error::NoMemory);
+        }
+        Ok(())
+    }
+
+    /// The libdbus server, for libdbus calls.
     pub fn as_ptr(&self) -> *mut ffi::DBusServer {
         self.owner.inner.raw.0.as_ptr()
     }
