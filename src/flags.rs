@@ -23,12 +23,16 @@ bitflags::bitflags! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
     pub struct WatchFlags: u8 {
         /// The fd has data to read (`DBUS_WATCH_READABLE`, `POLLIN`).
+        #[doc(alias = "DBUS_WATCH_READABLE")]
         const READABLE = 1;
         /// The fd can take more output (`DBUS_WATCH_WRITABLE`, `POLLOUT`).
+        #[doc(alias = "DBUS_WATCH_WRITABLE")]
         const WRITABLE = 2;
         /// An error condition (`DBUS_WATCH_ERROR`, `POLLERR`); always reported, never asked.
+        #[doc(alias = "DBUS_WATCH_ERROR")]
         const ERROR = 4;
         /// The peer hung up (`DBUS_WATCH_HANGUP`, `POLLHUP`); always reported, never asked.
+        #[doc(alias = "DBUS_WATCH_HANGUP")]
         const HANGUP = 8;
     }
 }

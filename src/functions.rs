@@ -98,6 +98,7 @@ type FreeFn<D> = Box<dyn FnOnce(D) + Send>;
 /// Each closure gets the object and the data; `free_data` gets the data back, exactly once,
 /// when the set is replaced, uninstalled, handed back and dropped, or its list goes away.
 /// Use the aliases [`WatchFunctionSet`] and [`TimeoutFunctionSet`].
+#[doc(alias = "DBusFreeFunction")]
 pub struct FunctionSet<O, D: Send + 'static> {
     add: AddFn<O, D>,
     remove: CallFn<O, D>,

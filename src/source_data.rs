@@ -42,6 +42,11 @@ use crate::object::next_id;
 #[doc(alias = "dbus_connection_set_data")]
 #[doc(alias = "dbus_connection_get_data")]
 #[doc(alias = "dbus_connection_allocate_data_slot")]
+#[doc(alias = "dbus_connection_free_data_slot")]
+#[doc(alias = "dbus_server_set_data")]
+#[doc(alias = "dbus_server_get_data")]
+#[doc(alias = "dbus_server_allocate_data_slot")]
+#[doc(alias = "dbus_server_free_data_slot")]
 pub struct SourceData {
     id: u64,
     slots: Mutex<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>,

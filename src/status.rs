@@ -9,17 +9,21 @@ use parking_lot::Mutex;
 /// Whether a producer has received work that it has not dispatched yet — libdbus's
 /// `DBusDispatchStatus` (without `NeedMemory`, which Rust reports by aborting).
 #[doc(alias = "DBusDispatchStatus")]
+#[doc(alias = "DBUS_DISPATCH_NEED_MEMORY")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum DispatchStatus {
     /// Nothing queued (`DBUS_DISPATCH_COMPLETE`).
     #[default]
+    #[doc(alias = "DBUS_DISPATCH_COMPLETE")]
     Complete,
     /// Queued work remains: glue should call [`Source::dispatch`](crate::Source::dispatch)
     /// (`DBUS_DISPATCH_DATA_REMAINS`).
+    #[doc(alias = "DBUS_DISPATCH_DATA_REMAINS")]
     DataRemains,
 }
 
 /// A dispatch-status function as glue installs it.
+#[doc(alias = "DBusDispatchStatusFunction")]
 pub type DispatchStatusFn = Box<dyn Fn(DispatchStatus) + Send + Sync>;
 
 /// The producer side of `dbus_connection_set_dispatch_status_function`: holds the glue's

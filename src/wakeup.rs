@@ -6,6 +6,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 /// A wakeup function as glue installs it.
+#[doc(alias = "DBusWakeupMainFunction")]
 pub type WakeupFn = Box<dyn Fn() + Send + Sync>;
 
 /// The producer side of `dbus_connection_set_wakeup_main_function`: holds the glue's wakeup

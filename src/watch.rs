@@ -98,6 +98,7 @@ impl Watch {
     /// that glue can unregister it.
     #[doc(alias = "dbus_watch_get_unix_fd")]
     #[doc(alias = "dbus_watch_get_socket")]
+    #[doc(alias = "dbus_watch_get_fd")]
     pub fn fd(&self) -> Option<RawFd> {
         match self.core().phase() {
             Phase::Invalid => None,
