@@ -35,11 +35,13 @@
 //! from one, it installs its own watch functions (recording toggles in an atomic that nobody
 //! is told about), installs no timeout, wakeup or dispatch-status functions, and never calls
 //! `dbus_connection_dispatch` (it pops messages itself). With the `dbus-rs` feature,
-//! [`ChannelSource`] drives a `dbus::nonblock::SyncConnection` through that crate's own
+//! `ChannelSource` drives a `dbus::nonblock::SyncConnection` through that crate's own
 //! public API instead; see its notes for what that route cannot do.
 
 mod backoff;
 mod callout;
+#[cfg(feature = "dbus-rs")]
+mod channel_source;
 mod connection;
 mod error;
 pub mod ffi;
@@ -47,6 +49,8 @@ mod gate;
 mod relay;
 mod server;
 
+#[cfg(feature = "dbus-rs")]
+pub use channel_source::ChannelSource;
 pub use connection::Connection;
 pub use error::Error;
 pub use server::Server;

@@ -464,9 +464,12 @@ impl TestLoop for loopglue::MainLoop {
     }
 }
 
+/// Makes a fresh loop of one kind.
+pub type MakeLoop = fn() -> Box<dyn TestLoop>;
+
 /// Every loop the bus tests run on: (name, constructor). The hook for tokio, mio, GLib and
 /// calloop once their adapters exist.
-pub fn loops() -> Vec<(&'static str, fn() -> Box<dyn TestLoop>)> {
+pub fn loops() -> Vec<(&'static str, MakeLoop)> {
     vec![
         ("MainLoop/epoll", || {
             Box::new(loopglue::MainLoop::with_backend(loopglue::Backend::Epoll).unwrap())
