@@ -27,6 +27,30 @@ thread_local! {
     /// function and message handlers during `dbus_connection_dispatch`, where a nested
     /// dispatch waits forever for the outer one (pacemaker #1201).
     static UNLOCKED: Cell<u32> = const { Cell::new(0) };
+    /// The bridge is doing I/O or dispatching on behalf of the loop that called it: that loop
+    /// is running on this thread, not blocked, so libdbus's wakeups need not reach it.
+    static SERVING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether this thread is serving its loop inside the bridge (see `SERVING`).
+pub(crate) fn serving() -> bool {
+    SERVING.with(|n| n.get() > 0)
+}
+
+/// Marks the bridge's own libdbus calls made for the loop on this thread.
+pub(crate) struct Serving(());
+
+impl Serving {
+    pub(crate) fn enter() -> Serving {
+        SERVING.with(|n| n.set(n.get() + 1));
+        Serving(())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        SERVING.with(|n| n.set(n.get() - 1));
+    }
 }
 
 /// Whether this thread is inside a libdbus call-out right now: the bridge does not enter

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::os::raw::c_void;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use libdbus_sys as sys;
 use parking_lot::Mutex;
 
 use super::backoff::Backoff;
-use super::callout::{self, Callout, PanicSlot};
+use super::callout::{self, Callout, PanicSlot, Serving};
 use super::error::{new_error, Error};
 use super::ffi;
 use super::gate::Gate;
@@ -122,6 +122,9 @@ struct Inner {
     wakeup_function: AtomicBool,
     status_function: AtomicBool,
     deferred: AtomicU8,
+    /// Counts libdbus wakeups (a message queued, on any thread), so that a `Complete` read
+    /// before one of them is not the glue's last word.
+    queued: AtomicU64,
     /// Zero-interval timeout that runs work deferred out of a call-out.
     kick: Timeout,
     /// Out-of-memory retry, restarted with the backoff's delay.
@@ -303,6 +306,7 @@ impl Connection {
                 wakeup_function: AtomicBool::new(false),
                 status_function: AtomicBool::new(false),
                 deferred: AtomicU8::new(0),
+                queued: AtomicU64::new(0),
                 kick,
                 retry,
                 backoff: Backoff::new(),
@@ -376,6 +380,8 @@ impl Inner {
             self.defer(DEFERRED_IO);
             return;
         }
+        let _serving = Serving::enter();
+        let before = self.queued();
         // SAFETY: a live connection (this bridge holds a reference). No watch pointer is
         // used, so a disconnect on another thread that frees the watches is harmless.
         unsafe { sys::dbus_connection_read_write(self.ptr(), 0) };
@@ -383,7 +389,7 @@ impl Inner {
         // complete messages to the incoming queue (libdbus's wakeup then tells the glue), as
         // `dbus_watch_handle` does on its way out.
         let status = self.read_status();
-        self.observe(status);
+        self.observe(status, before);
         self.panics.resume();
     }
 
@@ -417,6 +423,7 @@ impl Inner {
             // Message handlers run in here: a nested dispatch from one of them waits forever
             // for this one (pacemaker #1201), so it is deferred like a call-out's.
             let _dispatching = Callout::unlocked();
+            let _serving = Serving::enter();
             // SAFETY: a live connection.
             unsafe { sys::dbus_connection_dispatch(self.ptr()) }
         };
@@ -467,8 +474,9 @@ impl Inner {
 
     fn dispatch_batch(&self) {
         for _ in 0..DISPATCH_BATCH {
+            let before = self.queued();
             if self.dispatch_now() == DispatchStatus::Complete {
-                self.observe(DispatchStatus::Complete);
+                self.observe(DispatchStatus::Complete, before);
                 return;
             }
         }
@@ -489,15 +497,19 @@ impl Inner {
         self.panics.resume();
     }
 
-    /// Tells the glue a status the bridge just read from libdbus.
+    /// Tells the glue a status the bridge read from libdbus after the wakeup count was
+    /// `queued_before`.
     ///
-    /// `Complete` is checked once more after it is told: status reports from two threads can
-    /// overtake each other (libdbus calls its status function after unlocking, and the
-    /// wakeup trampoline reports `DataRemains` for a message queued on any thread), and the
-    /// glue's last word must not be a stale `Complete` while messages wait. A glue that was
+    /// `Complete` needs care: status reports from two threads can overtake each other
+    /// (libdbus calls its status function after unlocking, and the wakeup trampoline reports
+    /// `DataRemains` for a message queued on any thread), and the glue's last word must not
+    /// be a stale `Complete` while messages wait. libdbus calls the wakeup function, under its
+    /// lock, for every message it queues, and the trampoline counts before it reports; so if
+    /// the count is unchanged after `Complete` is told, any later message is reported after
+    /// it. Without the wakeup trampoline the status is read once more instead. A glue that was
     /// told `DataRemains` and finds `Complete` (the wakeup also fires for queued output) is
     /// told `Complete`, so that the next message is announced again.
-    fn observe(&self, status: DispatchStatus) {
+    fn observe(&self, status: DispatchStatus, queued_before: u64) {
         if status == DispatchStatus::DataRemains {
             self.status.update(DispatchStatus::DataRemains);
             return;
@@ -506,9 +518,18 @@ impl Inner {
             return;
         }
         self.status.update(DispatchStatus::Complete);
-        if self.read_status() == DispatchStatus::DataRemains {
+        let more = if self.wakeup_function.load(Ordering::Acquire) {
+            self.queued.load(Ordering::Acquire) != queued_before
+        } else {
+            self.read_status() == DispatchStatus::DataRemains
+        };
+        if more {
             self.status.update(DispatchStatus::DataRemains);
         }
+    }
+
+    fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Acquire)
     }
 
     // ---- trampolines' bodies (libdbus lock held unless said otherwise) ---------------
@@ -659,8 +680,15 @@ impl Inner {
     /// The wakeup trampoline's body (lock held): a message entered the incoming queue, or a
     /// send left output queued. Either may have happened on a thread other than the loop's.
     fn woken(&self) {
+        // Counted before the status is told: see `observe`.
+        self.queued.fetch_add(1, Ordering::AcqRel);
         self.status.update(DispatchStatus::DataRemains);
-        self.wakeup.wake();
+        // The loop that called the bridge on this thread is running, not blocked in a wait:
+        // waking it would only cost it a spurious wakeup (an eventfd write and read per
+        // message on MainLoop). Wakeups caused by other threads are passed on.
+        if !callout::serving() {
+            self.wakeup.wake();
+        }
     }
 
     /// The dispatch-status function's body (no lock held, inside a libdbus call).
@@ -668,7 +696,10 @@ impl Inner {
         match map_status(status) {
             Some(DispatchStatus::DataRemains) => self.status.update(DispatchStatus::DataRemains),
             Some(DispatchStatus::Complete) if !callout::locked() => {
-                self.observe(DispatchStatus::Complete)
+                // The passed status may be stale: read it now, after counting.
+                let before = self.queued();
+                let status = self.read_status();
+                self.observe(status, before);
             }
             Some(DispatchStatus::Complete) => self.status.update(DispatchStatus::Complete),
             None => self.schedule_retry(),
@@ -1026,8 +1057,13 @@ impl Source for Connection {
         if callout::inside() {
             return inner.status.status();
         }
+        // The glue was told `DataRemains` and has not dispatched yet: `dispatch` finds out.
+        if inner.status.status() == DispatchStatus::DataRemains {
+            return DispatchStatus::DataRemains;
+        }
+        let before = inner.queued();
         let status = inner.read_status();
-        inner.observe(status);
+        inner.observe(status, before);
         status
     }
 
@@ -1044,10 +1080,11 @@ impl Source for Connection {
             inner.defer(DEFERRED_DISPATCH);
             return DispatchStatus::Complete;
         }
+        let before = inner.queued();
         let status = inner.dispatch_now();
         // libdbus reports a change only against its own last report, which a `read_write`
         // never updates: tell the glue ourselves.
-        inner.observe(status);
+        inner.observe(status, before);
         inner.panics.resume();
         status
     }
