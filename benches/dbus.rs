@@ -14,7 +14,7 @@
 //! Run: `cargo bench --bench dbus --features dbus-rs` (env `DBUS_BENCH_CALLS`, default 20000).
 
 #[path = "../tests/dbus_support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod dbus_support;
 
 use std::os::raw::c_void;
@@ -431,6 +431,12 @@ fn main() {
         return; // cargo test --benches asks for the list of benchmarks
     }
     let n = calls();
+    // Profiling aid: `DBUS_BENCH_ONLY=bridge` or `=glue` runs that peer-to-peer case once.
+    match std::env::var("DBUS_BENCH_ONLY").as_deref() {
+        Ok("bridge") => return println!("bridge {:.0} calls/s", p2p_bridge(n)),
+        Ok("glue") => return println!("poll glue {:.0} calls/s", p2p_poll_glue(n)),
+        _ => {}
+    }
     println!(
         "dbus bench: {n} sequential method calls per run, median of {ROUNDS} alternating runs"
     );
