@@ -255,3 +255,171 @@ fn detach_restores_libdbus_to_no_functions_and_reattach_works() {
     );
     assert_eq!(client.reply(serial), Some(Reply::Number(42)));
 }
+
+/// The bridge on `MockLoop`: real sockets, virtual time. libdbus's objects reach the glue one
+/// to one (two watches on the client's socket; a 25 s timeout per pending call, removed when
+/// the reply comes), and a pending call whose peer never answers gets its NoReply through
+/// `dbus_timeout_handle` once 25 s of virtual time pass — no waiting.
+#[test]
+fn on_mock_loop_objects_map_one_to_one_and_a_call_times_out_in_virtual_time() {
+    use loopglue::testing::{MockEvent, MockLoop};
+    let mock = Arc::new(MockLoop::new());
+    let server = Server::listen("unix:tmpdir=/tmp").expect("listen");
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let (sink, looper) = (Arc::clone(&accepted), Arc::downgrade(&mock));
+    server.set_new_connection_function(move |conn: Connection| {
+        looper
+            .upgrade()
+            .unwrap()
+            .attach(Arc::new(conn.clone()))
+            .unwrap();
+        sink.lock().unwrap().push(Peer::new(conn));
+    });
+    mock.attach(Arc::new(server.clone())).unwrap();
+    let client = Peer::new(Connection::open_private(&server.address()).unwrap());
+    {
+        mock.take_log();
+        mock.attach(Arc::new(client.conn.clone())).unwrap();
+        let log = mock.take_log();
+        let watches: Vec<_> = log
+            .iter()
+            .filter_map(|e| match e {
+                MockEvent::WatchAdded { fd, flags, .. } => Some((*fd, *flags)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(watches.len(), 2, "a read and a write DBusWatch: {log:?}");
+        assert_eq!(watches[0].0, watches[1].0, "on one socket");
+        let flags: Vec<_> = watches.iter().map(|w| w.1).collect();
+        assert!(flags.contains(&loopglue::WatchFlags::READABLE));
+        assert!(flags.contains(&loopglue::WatchFlags::WRITABLE));
+    }
+    let pump = || {
+        mock.poll_fds();
+    };
+    run_until("authentication", pump, || {
+        client.authenticated() && accepted.lock().unwrap().len() == 1
+    });
+
+    // A call that is answered: its timeout comes and goes.
+    mock.take_log();
+    let serial = client.ping(None, 1);
+    run_until("the reply", pump, || client.reply(serial).is_some());
+    assert_eq!(client.reply(serial), Some(Reply::Number(2)));
+    let log = mock.take_log();
+    let added: Vec<_> = log
+        .iter()
+        .filter_map(|e| match e {
+            MockEvent::TimeoutAdded {
+                id,
+                interval,
+                enabled: true,
+            } => Some((*id, *interval)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        added.len(),
+        1,
+        "one DBusTimeout for the pending call: {log:?}"
+    );
+    assert_eq!(
+        added[0].1,
+        Duration::from_secs(25),
+        "libdbus's default reply timeout"
+    );
+    assert!(
+        log.iter()
+            .any(|e| matches!(e, MockEvent::TimeoutRemoved { id } if *id == added[0].0)),
+        "removed when the reply arrived: {log:?}"
+    );
+
+    // A call that is never answered: 25 s of virtual time later, libdbus's timeout handler
+    // completes it with NoReply, through the pending call's notify this time.
+    let serial = client.stall(None);
+    run_until("the server to hold the call", pump, || {
+        accepted.lock().unwrap()[0].seen.lock().unwrap().stalled == 1
+    });
+    assert_eq!(client.reply(serial), None);
+    mock.advance(Duration::from_secs(24));
+    assert_eq!(client.reply(serial), None, "not before its time");
+    mock.advance(Duration::from_secs(1));
+    run_until("the NoReply", pump, || client.reply(serial).is_some());
+    assert_eq!(
+        client.reply(serial),
+        Some(Reply::Error("org.freedesktop.DBus.Error.NoReply".into()))
+    );
+    assert!(client.conn.is_connected());
+}
+
+/// A glue whose `toggled` panics once, after doing its job.
+struct PanickyGlue {
+    inner: Box<dyn WatchFunctions>,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WatchFunctions for PanickyGlue {
+    fn add(&mut self, watch: &Watch) -> io::Result<()> {
+        self.inner.add(watch)
+    }
+    fn remove(&mut self, watch: &Watch) {
+        self.inner.remove(watch);
+    }
+    fn toggled(&mut self, watch: &Watch) {
+        self.inner.toggled(watch);
+        if self.armed.swap(false, Ordering::AcqRel) {
+            panic!("glue toggled failed");
+        }
+    }
+}
+
+/// C14 through libdbus: a panic in the glue inside a libdbus call-out cannot unwind through
+/// C; it is kept and raised by the next bridge call the loop makes, and nothing is lost.
+#[test]
+fn a_glue_panic_inside_libdbus_reaches_the_loop_and_loses_nothing() {
+    let main_loop = Arc::new(MainLoop::new().unwrap());
+    let (server, _accepted) = serve(&main_loop);
+    let client = connect(&main_loop, &server);
+    run_until("authentication", step(&main_loop), || {
+        client.authenticated()
+    });
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    client
+        .conn
+        .set_watch_functions(None)
+        .map_err(|e| e.into_error())
+        .unwrap();
+    client
+        .conn
+        .set_watch_functions(Some(Box::new(PanickyGlue {
+            inner: main_loop.watch_functions(),
+            armed: Arc::clone(&armed),
+        })))
+        .map_err(|e| e.into_error())
+        .unwrap();
+    let big = payload(4 << 20, 21);
+    // The send toggles the write watch inside libdbus: the glue panics there.
+    let serial = client.echo(None, &big);
+    assert!(
+        !armed.load(Ordering::Acquire),
+        "the glue's toggled ran and panicked"
+    );
+    let mut caught = None;
+    run_until(
+        "the echo",
+        || {
+            let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                main_loop.run_once(TICK).unwrap();
+            }));
+            if let Err(payload) = turn {
+                caught = payload.downcast_ref::<&str>().map(|s| s.to_string());
+            }
+        },
+        || client.reply(serial).is_some(),
+    );
+    assert_eq!(caught.as_deref(), Some("glue toggled failed"));
+    assert!(
+        client.reply(serial) == Some(Reply::Bytes(big)),
+        "payload corrupted"
+    );
+}
