@@ -221,3 +221,61 @@ fn hundred_connections_hundred_calls_from_four_threads() {
         );
     }
 }
+
+/// Messages queued by another thread are dispatched by the loop: a worker makes blocking
+/// calls on the responder's own connection (libdbus then reads the responder's incoming
+/// calls on the worker's thread, and its wakeups come from there), while a client keeps
+/// calling the responder. Every call is answered: no message strands in the queue while the
+/// loop sleeps, however the status reports of the two threads interleave.
+#[test]
+fn messages_queued_by_another_thread_are_dispatched() {
+    const CALLS: u32 = 2000;
+    for (name, make) in loops() {
+        let daemon = Daemon::start();
+        let lp = make();
+        let responder = Peer::new(Connection::open_bus(&daemon.address).unwrap());
+        let echo = Peer::new(Connection::open_bus(&daemon.address).unwrap());
+        assert_eq!(request_name(&responder.conn, NAME_B, DO_NOT_QUEUE), 1);
+        assert_eq!(request_name(&echo.conn, NAME_A, DO_NOT_QUEUE), 1);
+        lp.attach(Arc::new(responder.conn.clone()));
+        lp.attach(Arc::new(echo.conn.clone()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The worker: blocking calls to the echo peer on the responder's connection.
+        let worker = {
+            let conn = responder.conn.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut answered = 0u32;
+                while !stop.load(Ordering::Acquire) {
+                    if dbus_support::blocking_ping(&conn, NAME_A, answered) == Some(answered + 1) {
+                        answered += 1;
+                    }
+                }
+                answered
+            })
+        };
+        // The client, on a loop of its own thread.
+        let address = daemon.address.clone();
+        let client = std::thread::spawn(move || {
+            let lp = make();
+            let client = Peer::new(Connection::open_bus(&address).unwrap());
+            lp.attach(Arc::new(client.conn.clone()));
+            for n in 0..CALLS {
+                let serial = client.ping(Some(NAME_B), n);
+                run_until(
+                    "the responder's answer",
+                    || lp.turn(),
+                    || client.reply(serial).is_some(),
+                );
+                assert_eq!(client.reply(serial), Some(Reply::Number(n + 1)));
+            }
+        });
+        run_until("the client's calls", || lp.turn(), || client.is_finished());
+        stop.store(true, Ordering::Release);
+        client
+            .join()
+            .unwrap_or_else(|_| panic!("{name}: a call stranded"));
+        run_until("the worker", || lp.turn(), || worker.is_finished());
+        assert!(worker.join().unwrap() > 0, "{name}: the worker made calls");
+    }
+}

@@ -5,13 +5,14 @@ use std::fmt;
 use std::io;
 use std::os::raw::c_void;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use libdbus_sys as sys;
 use parking_lot::Mutex;
 
+use super::announcer::Announcer;
 use super::backoff::Backoff;
 use super::callout::{self, Callout, PanicSlot, Serving};
 use super::error::{new_error, Error};
@@ -19,9 +20,9 @@ use super::ffi;
 use super::gate::Gate;
 use super::relay::{self, Relay, Slots};
 use crate::{
-    DispatchStatus, DispatchStatusFn, SetFunctionsError, Source, SourceData, StatusNotifier,
-    Timeout, TimeoutFunctions, TimeoutList, WakeupFn, WakeupHook, Watch, WatchFlags,
-    WatchFunctions, WatchList,
+    DispatchStatus, DispatchStatusFn, SetFunctionsError, Source, SourceData, Timeout,
+    TimeoutFunctions, TimeoutList, WakeupFn, WakeupHook, Watch, WatchFlags, WatchFunctions,
+    WatchList,
 };
 
 /// How many messages the bridge dispatches on its own, in one go, when it runs dispatch work
@@ -111,7 +112,7 @@ struct Inner {
     timeouts: TimeoutList,
     data: SourceData,
     wakeup: WakeupHook,
-    status: StatusNotifier,
+    announcer: Announcer,
     panics: PanicSlot,
     relay: RelayPtr,
     /// Serialises the `Source::set_*` methods: held across libdbus calls, never taken by a
@@ -122,9 +123,6 @@ struct Inner {
     wakeup_function: AtomicBool,
     status_function: AtomicBool,
     deferred: AtomicU8,
-    /// Counts libdbus wakeups (a message queued, on any thread), so that a `Complete` read
-    /// before one of them is not the glue's last word.
-    queued: AtomicU64,
     /// Zero-interval timeout that runs work deferred out of a call-out.
     kick: Timeout,
     /// Out-of-memory retry, restarted with the backoff's delay.
@@ -297,7 +295,7 @@ impl Connection {
                 timeouts: TimeoutList::new(),
                 data: SourceData::new(),
                 wakeup: WakeupHook::new(),
-                status: StatusNotifier::new(),
+                announcer: Announcer::default(),
                 panics: PanicSlot::default(),
                 relay: RelayPtr(AtomicPtr::new(std::ptr::null_mut())),
                 install: Mutex::new(()),
@@ -306,7 +304,6 @@ impl Connection {
                 wakeup_function: AtomicBool::new(false),
                 status_function: AtomicBool::new(false),
                 deferred: AtomicU8::new(0),
-                queued: AtomicU64::new(0),
                 kick,
                 retry,
                 backoff: Backoff::new(),
@@ -381,15 +378,15 @@ impl Inner {
             return;
         }
         let _serving = Serving::enter();
-        let before = self.queued();
         // SAFETY: a live connection (this bridge holds a reference). No watch pointer is
         // used, so a disconnect on another thread that frees the watches is harmless.
         unsafe { sys::dbus_connection_read_write(self.ptr(), 0) };
         // `read_write` leaves what it read in the transport; asking for the status moves
         // complete messages to the incoming queue (libdbus's wakeup then tells the glue), as
         // `dbus_watch_handle` does on its way out.
-        let status = self.read_status();
-        self.observe(status, before);
+        if self.read_status() == DispatchStatus::DataRemains {
+            self.announcer.data_remains();
+        }
         self.panics.resume();
     }
 
@@ -474,9 +471,7 @@ impl Inner {
 
     fn dispatch_batch(&self) {
         for _ in 0..DISPATCH_BATCH {
-            let before = self.queued();
             if self.dispatch_now() == DispatchStatus::Complete {
-                self.observe(DispatchStatus::Complete, before);
                 return;
             }
         }
@@ -495,41 +490,6 @@ impl Inner {
         let _ = self.timeouts.toggle(&self.retry, false);
         self.dispatch_batch();
         self.panics.resume();
-    }
-
-    /// Tells the glue a status the bridge read from libdbus after the wakeup count was
-    /// `queued_before`.
-    ///
-    /// `Complete` needs care: status reports from two threads can overtake each other
-    /// (libdbus calls its status function after unlocking, and the wakeup trampoline reports
-    /// `DataRemains` for a message queued on any thread), and the glue's last word must not
-    /// be a stale `Complete` while messages wait. libdbus calls the wakeup function, under its
-    /// lock, for every message it queues, and the trampoline counts before it reports; so if
-    /// the count is unchanged after `Complete` is told, any later message is reported after
-    /// it. Without the wakeup trampoline the status is read once more instead. A glue that was
-    /// told `DataRemains` and finds `Complete` (the wakeup also fires for queued output) is
-    /// told `Complete`, so that the next message is announced again.
-    fn observe(&self, status: DispatchStatus, queued_before: u64) {
-        if status == DispatchStatus::DataRemains {
-            self.status.update(DispatchStatus::DataRemains);
-            return;
-        }
-        if self.status.status() == DispatchStatus::Complete {
-            return;
-        }
-        self.status.update(DispatchStatus::Complete);
-        let more = if self.wakeup_function.load(Ordering::Acquire) {
-            self.queued.load(Ordering::Acquire) != queued_before
-        } else {
-            self.read_status() == DispatchStatus::DataRemains
-        };
-        if more {
-            self.status.update(DispatchStatus::DataRemains);
-        }
-    }
-
-    fn queued(&self) -> u64 {
-        self.queued.load(Ordering::Acquire)
     }
 
     // ---- trampolines' bodies (libdbus lock held unless said otherwise) ---------------
@@ -680,9 +640,7 @@ impl Inner {
     /// The wakeup trampoline's body (lock held): a message entered the incoming queue, or a
     /// send left output queued. Either may have happened on a thread other than the loop's.
     fn woken(&self) {
-        // Counted before the status is told: see `observe`.
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        self.status.update(DispatchStatus::DataRemains);
+        self.announcer.data_remains();
         // The loop that called the bridge on this thread is running, not blocked in a wait:
         // waking it would only cost it a spurious wakeup (an eventfd write and read per
         // message on MainLoop). Wakeups caused by other threads are passed on.
@@ -692,16 +650,14 @@ impl Inner {
     }
 
     /// The dispatch-status function's body (no lock held, inside a libdbus call).
+    ///
+    /// Only `DataRemains` is passed on: the glue learns `Complete` from the answers of
+    /// `dispatch` and `dispatch_status`, and a `Complete` reported here may be stale (libdbus
+    /// calls this after unlocking, so two threads' reports can overtake each other).
     fn status_changed(&self, status: sys::DBusDispatchStatus) {
         match map_status(status) {
-            Some(DispatchStatus::DataRemains) => self.status.update(DispatchStatus::DataRemains),
-            Some(DispatchStatus::Complete) if !callout::locked() => {
-                // The passed status may be stale: read it now, after counting.
-                let before = self.queued();
-                let status = self.read_status();
-                self.observe(status, before);
-            }
-            Some(DispatchStatus::Complete) => self.status.update(DispatchStatus::Complete),
+            Some(DispatchStatus::DataRemains) => self.announcer.data_remains(),
+            Some(DispatchStatus::Complete) => {}
             None => self.schedule_retry(),
         }
     }
@@ -966,13 +922,18 @@ impl Source for Connection {
         let installed = inner.watch_functions.load(Ordering::Acquire);
         match functions {
             Some(set) => {
-                if !installed && !inner.install_watch_trampolines() {
-                    return Err(SetFunctionsError::new(out_of_memory(), Some(set)));
+                if !installed {
+                    if !inner.install_watch_trampolines() {
+                        return Err(SetFunctionsError::new(out_of_memory(), Some(set)));
+                    }
+                    // The wakeup trampoline announces messages queued on any thread.
+                    inner.set_wakeup_trampoline(true);
                 }
                 inner.watch_functions.store(true, Ordering::Release);
                 let outcome = inner.watches.set_functions(Some(set));
                 if outcome.is_err() && !installed {
                     inner.watch_functions.store(false, Ordering::Release);
+                    inner.set_wakeup_trampoline(false);
                     inner.uninstall_watch_trampolines();
                 }
                 outcome
@@ -980,6 +941,7 @@ impl Source for Connection {
             None => {
                 if installed {
                     inner.watch_functions.store(false, Ordering::Release);
+                    inner.set_wakeup_trampoline(false);
                     inner.uninstall_watch_trampolines();
                 }
                 inner.watches.set_functions(None)
@@ -1024,18 +986,12 @@ impl Source for Connection {
         }
     }
 
-    /// Installs the glue's wakeup function; libdbus's wakeup (a message queued, or output
-    /// left queued, possibly on another thread) calls it, and also tells the glue
-    /// [`DispatchStatus::DataRemains`] so that a message read by another thread is
-    /// dispatched. From inside a call-out only the glue's function changes.
+    /// Installs the glue's wakeup function. libdbus's wakeup (a message queued, or output
+    /// left queued, possibly on another thread) reaches the bridge while its watch functions
+    /// are installed; the bridge announces [`DispatchStatus::DataRemains`] and calls this
+    /// function unless the loop is the one running the bridge on this thread.
     fn set_wakeup_main_function(&self, wakeup: Option<WakeupFn>) {
-        let inner = &self.owner.inner;
-        let on = wakeup.is_some();
-        inner.wakeup.set_function(wakeup);
-        if !callout::inside() {
-            let _install = inner.install.lock();
-            inner.set_wakeup_trampoline(on);
-        }
+        self.owner.inner.wakeup.set_function(wakeup);
     }
 
     /// Installs the glue's dispatch-status function; libdbus's status changes reach it, with
@@ -1043,7 +999,7 @@ impl Source for Connection {
     fn set_dispatch_status_function(&self, function: Option<DispatchStatusFn>) {
         let inner = &self.owner.inner;
         let on = function.is_some();
-        inner.status.set_function(function);
+        inner.announcer.set_function(function);
         if !callout::inside() {
             let _install = inner.install.lock();
             inner.set_status_trampoline(on);
@@ -1055,16 +1011,15 @@ impl Source for Connection {
     fn dispatch_status(&self) -> DispatchStatus {
         let inner = &self.owner.inner;
         if callout::inside() {
-            return inner.status.status();
+            return inner.announcer.believed();
         }
-        // The glue was told `DataRemains` and has not dispatched yet: `dispatch` finds out.
-        if inner.status.status() == DispatchStatus::DataRemains {
+        // The glue believes `DataRemains` and has not dispatched yet: `dispatch` finds out.
+        if inner.announcer.believed() == DispatchStatus::DataRemains {
             return DispatchStatus::DataRemains;
         }
-        let before = inner.queued();
+        inner.announcer.begin();
         let status = inner.read_status();
-        inner.observe(status, before);
-        status
+        inner.announcer.answer(status)
     }
 
     /// `dbus_connection_dispatch`: runs the handlers of one incoming message. Inside a
@@ -1078,15 +1033,15 @@ impl Source for Connection {
         let inner = &self.owner.inner;
         if callout::inside() {
             inner.defer(DEFERRED_DISPATCH);
-            return DispatchStatus::Complete;
+            return inner.announcer.complete();
         }
-        let before = inner.queued();
+        inner.announcer.begin();
         let status = inner.dispatch_now();
         // libdbus reports a change only against its own last report, which a `read_write`
-        // never updates: tell the glue ourselves.
-        inner.observe(status, before);
+        // never updates: the glue's answer is the bridge's (see `Announcer`).
+        let answer = inner.announcer.answer(status);
         inner.panics.resume();
-        status
+        answer
     }
 }
 

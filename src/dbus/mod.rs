@@ -38,6 +38,7 @@
 //! `ChannelSource` drives a `dbus::nonblock::SyncConnection` through that crate's own
 //! public API instead; see its notes for what that route cannot do.
 
+mod announcer;
 mod backoff;
 mod callout;
 #[cfg(feature = "dbus-rs")]

@@ -479,3 +479,31 @@ pub fn loops() -> Vec<(&'static str, MakeLoop)> {
         }),
     ]
 }
+
+/// `Ping(n)` to `dest` with `dbus_connection_send_with_reply_and_block` (libdbus does the
+/// I/O on the calling thread); the answer, or `None` on error.
+pub fn blocking_ping(conn: &Connection, dest: &str, n: u32) -> Option<u32> {
+    let (dest, path, iface, member) = (c(dest), c(PATH), c(IFACE), c("Ping"));
+    // SAFETY: valid C strings and a live connection.
+    unsafe {
+        let msg = sys::dbus_message_new_method_call(
+            dest.as_ptr(),
+            path.as_ptr(),
+            iface.as_ptr(),
+            member.as_ptr(),
+        );
+        append_number(msg, n);
+        let mut error: sys::DBusError = std::mem::zeroed();
+        sys::dbus_error_init(&mut error);
+        let reply =
+            sys::dbus_connection_send_with_reply_and_block(conn.as_ptr(), msg, 25_000, &mut error);
+        sys::dbus_message_unref(msg);
+        sys::dbus_error_free(&mut error);
+        if reply.is_null() {
+            return None;
+        }
+        let answer = read_number(reply);
+        sys::dbus_message_unref(reply);
+        answer
+    }
+}
