@@ -138,14 +138,28 @@ fn daemon_killed_mid_call_every_connection_sees_the_disconnect() {
         );
         drop(seen);
         // No spin: with both connections dead, nothing is ready, nothing is due — each turn
-        // waits out its timeout and runs no handler.
-        for _ in 0..5 {
+        // waits out its 20 ms timeout, runs no handler and burns no CPU. (Load can only make
+        // the turns fewer and the CPU time smaller, so these bounds cannot fail falsely.)
+        let window = Duration::from_millis(200);
+        let (start, cpu) = (std::time::Instant::now(), thread_cpu());
+        let mut turns = 0;
+        while start.elapsed() < window {
             assert_eq!(
                 lp.turn_counting(Duration::from_millis(20)),
                 0,
-                "{name}: the loop spins"
+                "{name}: a handler ran"
             );
+            turns += 1;
         }
+        let used = thread_cpu() - cpu;
+        assert!(
+            turns <= 15,
+            "{name}: {turns} turns in {window:?}: the loop does not wait"
+        );
+        assert!(
+            used < window / 2,
+            "{name}: {used:?} of CPU in {window:?}: the loop spins"
+        );
     }
 }
 
@@ -278,4 +292,10 @@ fn messages_queued_by_another_thread_are_dispatched() {
         run_until("the worker", || lp.turn(), || worker.is_finished());
         assert!(worker.join().unwrap() > 0, "{name}: the worker made calls");
     }
+}
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
 }

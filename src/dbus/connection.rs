@@ -196,11 +196,13 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`Error::AlreadyBridged`] if another bridge runs this connection, [`Error::NoMemory`].
+    /// [`Error::AlreadyBridged`] if another bridge runs this connection; [`Error::NoMemory`]
+    /// if libdbus cannot allocate, or for a null pointer (what libdbus's constructors return
+    /// when they run out of memory).
     ///
     /// # Safety
     ///
-    /// `connection` must be a valid `DBusConnection`, and nothing else may install main-loop
+    /// `connection` must be null or a valid `DBusConnection`, and nothing else may install main-loop
     /// functions on it or use the data of its watches and timeouts while the bridge lives
     /// (libdbus has one set per connection).
     #[doc(alias = "dbus_connection_ref")]
