@@ -73,7 +73,21 @@ pub struct SetFunctionsError<F: ?Sized> {
 }
 
 impl<F: ?Sized> SetFunctionsError<F> {
-    pub(crate) fn new(error: Error, functions: Option<Box<F>>) -> SetFunctionsError<F> {
+    /// A refusal of `functions` for `error`: what a [`Source`](crate::Source) that does not
+    /// forward to an [`ObjectList`](crate::ObjectList) — a bridge to a C library, say — returns
+    /// to hand a set back (C7), for instance [`Error::Reentrant`] when its C library is calling
+    /// out and cannot take new functions now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use loopglue::{Error, SetFunctionsError, WatchFunctions};
+    ///
+    /// let refused: SetFunctionsError<dyn WatchFunctions> =
+    ///     SetFunctionsError::new(Error::Reentrant, None);
+    /// assert!(matches!(refused.error(), Error::Reentrant));
+    /// ```
+    pub fn new(error: Error, functions: Option<Box<F>>) -> SetFunctionsError<F> {
         SetFunctionsError { error, functions }
     }
 
