@@ -38,8 +38,9 @@
 //! Linux's `del_timer_sync`), so no handler reads the fd after the producer closes it; a
 //! handler running on the calling thread (removing its own object) is not waited for. A
 //! producer must therefore not call `remove` while holding a lock that the object's handler
-//! takes; one that must (libdbus removes under its connection lock) uses
-//! [`remove_nowait`](crate::ObjectList::remove_nowait) and makes its own guarantee. Removal is
+//! takes; one that must (libdbus removes under its connection lock, libvirt under its socket
+//! lock) uses [`remove_nowait`](crate::ObjectList::remove_nowait) and makes its own guarantee
+//! (see [`handles`](crate::handles) and `loopglue::dbus` (feature `dbus`)). Removal is
 //! final: re-adding a removed object is [`Error::Removed`](crate::Error::Removed) (libdbus
 //! frees it).
 //!
@@ -118,6 +119,15 @@
 //! whether its set was installed, which cannot be known before the callback returns. A call
 //! from another thread while a callback runs waits for it, as it would for libdbus's lock, so
 //! glue must not block on a thread that calls into the same list.
+//!
+//! A source whose callbacks run under a lock of its own — libdbus calls its watch, timeout
+//! and wakeup functions with its connection lock held — cannot let glue re-enter it from
+//! there. Such a source defers the re-entry itself: called from inside one of its own
+//! call-outs, `dispatch` returns at once and `handle` reports at once, and the source
+//! arranges, through a timeout of its own, for the work to run from the loop; replacing its
+//! functions from there is refused with `Error::Reentrant`. So glue may call back from `add`,
+//! `remove`, `toggled`, the status function or the wakeup function of any source, and neither
+//! deadlocks nor spins. (`loopglue::dbus` (feature `dbus`) keeps this rule; libdbus deadlocks.)
 //!
 //! **C12 — a set is never re-entered.** Its `add` is not called from inside its `add`; calls
 //! are delivered one at a time.
