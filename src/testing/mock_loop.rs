@@ -1,9 +1,11 @@
 //! `MockLoop`: a deterministic loop with a virtual clock, for unit tests of producers.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -94,9 +96,20 @@ pub enum MockEvent {
         /// The virtual time it fired at.
         at: Duration,
     },
-    /// `poll_fds` found an fd closed (`POLLNVAL`) and stopped polling it (C15).
+    /// `poll_fds` found an fd closed (`POLLNVAL`, or `EBADF` from `fstat`) and stopped
+    /// polling it for the watches that used it (C15). Logged once per fd and discovery.
     FdClosed {
         /// The fd.
+        fd: RawFd,
+    },
+    /// `poll_fds` found that a watch's fd number now names another file than when the watch
+    /// was added — its producer closed the fd without removing the watch, and the number was
+    /// reused (C15). The mock no longer reports anything to that watch, so one producer's bug
+    /// neither feeds nor silences the new owner of the number. Logged once per watch.
+    WatchStale {
+        /// [`Watch::id`].
+        id: u64,
+        /// The reused fd number.
         fd: RawFd,
     },
     /// An attached source was dispatched.
@@ -105,15 +118,55 @@ pub enum MockEvent {
 
 struct Armed {
     timeout: Timeout,
-    due: Duration,
+    /// `None`: never — the interval reaches past the end of the clock (C10).
+    due: Option<Duration>,
     /// Registration order: breaks ties between timeouts due at the same instant.
     seq: u64,
 }
 
+/// A file as `fstat` names it: (device, inode).
+type FileId = (u64, u64);
+
+struct Registered {
+    watch: Watch,
+    /// The file the fd named when the watch was added, if it named one.
+    file: Option<FileId>,
+    /// Found closed or reused by `poll_fds`: never reported to again (C15).
+    stale: bool,
+}
+
+/// When a timeout added or restarted at `now` falls due: `None` when the interval reaches past
+/// the end of the clock — an interval of `Duration::MAX` means "never" (C10).
+fn due_after(now: Duration, interval: Duration) -> Option<Duration> {
+    now.checked_add(interval)
+}
+
+/// The first panic of a pass over several callbacks; the pass finishes, then it is resumed,
+/// so the mock ends up as if each panicking call had returned (C14).
 #[derive(Default)]
+struct FirstPanic(Option<Box<dyn Any + Send>>);
+
+impl FirstPanic {
+    fn call<R>(&mut self, f: impl FnOnce() -> R) -> Option<R> {
+        match panic::catch_unwind(AssertUnwindSafe(f)) {
+            Ok(value) => Some(value),
+            Err(payload) => {
+                self.0.get_or_insert(payload);
+                None
+            }
+        }
+    }
+
+    fn resume(self) {
+        if let Some(payload) = self.0 {
+            panic::resume_unwind(payload);
+        }
+    }
+}
+
 struct MockState {
     now: Duration,
-    watches: Vec<Watch>,
+    watches: Vec<Registered>,
     timeouts: Vec<Armed>,
     next_seq: u64,
     log: Vec<MockEvent>,
@@ -124,6 +177,24 @@ struct MockState {
     /// Held strongly, as `MainLoop` does: attaching keeps a source running until `detach`.
     /// The glue holds this state weakly, so there is no cycle.
     sources: Vec<Arc<dyn Source>>,
+    log_not_requested: bool,
+}
+
+impl Default for MockState {
+    fn default() -> MockState {
+        MockState {
+            now: Duration::ZERO,
+            watches: Vec::new(),
+            timeouts: Vec::new(),
+            next_seq: 0,
+            log: Vec::new(),
+            fail_next: None,
+            fail_in: None,
+            closed_fds: HashSet::new(),
+            sources: Vec::new(),
+            log_not_requested: true,
+        }
+    }
 }
 
 impl MockState {
@@ -144,6 +215,9 @@ impl MockState {
             (_, Delivery::Removed) => {
                 self.log.remove(at);
             }
+            (MockEvent::WatchHandled { .. }, Delivery::NotRequested) if !self.log_not_requested => {
+                self.log.remove(at);
+            }
             (MockEvent::WatchHandled { delivery: d, .. }, _) => *d = delivery,
             (MockEvent::TimeoutFired { .. }, Delivery::Delivered) => {}
             (MockEvent::TimeoutFired { .. }, _) => {
@@ -151,6 +225,13 @@ impl MockState {
             }
             _ => {}
         }
+    }
+
+    /// Drops registrations of watches whose removal is complete although our `remove` never
+    /// heard of it (a glue wrapper panicked before passing it on): they would never be polled
+    /// again anyway, having no fd left.
+    fn forget_removed(&mut self) {
+        self.watches.retain(|r| r.watch.fd().is_some());
     }
 
     /// Applies failure injection to one `add`; `Err` means refuse it.
@@ -175,6 +256,20 @@ impl MockState {
             None => Ok(()),
         }
     }
+}
+
+/// The file `fd` names now.
+fn file_id(fd: RawFd) -> nix::Result<FileId> {
+    if fd < 0 {
+        return Err(nix::errno::Errno::EBADF);
+    }
+    // SAFETY: the descriptor is only passed to fstat for this call; if it was closed, fstat
+    // answers EBADF, and if its number was reused, fstat describes the new file — which is
+    // what this asks.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = nix::sys::stat::fstat(fd)?;
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((stat.st_dev as u64, stat.st_ino as u64))
 }
 
 type Shared = Arc<Mutex<MockState>>;
@@ -281,11 +376,31 @@ impl MockLoop {
         lock(&self.shared).now
     }
 
-    /// Moves the clock forward by `by`, firing every timeout that falls due on the way, in
-    /// deadline order (registration order breaks ties), periodic ones again and again (C10).
-    /// Returns how many fired. A timeout with a zero interval fires once per millisecond.
+    /// Whether reports that reached no handler because the watch did not ask for them
+    /// ([`Delivery::NotRequested`]) are logged as [`MockEvent::WatchHandled`]. On by default;
+    /// turn it off when a read and a write watch share a busy socket and the log should show
+    /// only what producers heard.
+    pub fn set_log_not_requested(&self, log: bool) {
+        lock(&self.shared).log_not_requested = log;
+    }
+
+    /// Moves the clock forward by `by` (saturating at `Duration::MAX`), firing every timeout
+    /// that falls due on the way, in deadline order (registration order breaks ties),
+    /// periodic ones again and again (C10). Returns how many fired.
+    ///
+    /// Periods are fixed-delay, as C10 says: the next period starts when the mock calls the
+    /// timeout's `handle` (in virtual time nothing is ever late, so that is its due time). A
+    /// zero interval fires once per millisecond; an interval that reaches past the end of the
+    /// clock never falls due.
+    ///
+    /// # Panics
+    ///
+    /// If a handler or a dispatch panics: the advance still goes all the way to its end,
+    /// firing and dispatching everything else, and then the first panic is passed on — the
+    /// mock is left as if every panicking call had returned.
     pub fn advance(&self, by: Duration) -> usize {
-        let end = lock(&self.shared).now + by;
+        let mut panics = FirstPanic::default();
+        let end = lock(&self.shared).now.saturating_add(by);
         let mut fired = 0;
         loop {
             let next = {
@@ -293,12 +408,13 @@ impl MockLoop {
                 let due = state
                     .timeouts
                     .iter_mut()
-                    .filter(|a| a.timeout.is_enabled() && a.due <= end)
+                    .filter(|a| a.timeout.is_enabled() && a.due.is_some_and(|due| due <= end))
                     .min_by_key(|a| (a.due, a.seq));
                 match due {
                     Some(armed) => {
-                        let at = armed.due;
-                        armed.due = at + armed.timeout.interval().max(Duration::from_millis(1));
+                        let at = armed.due.unwrap_or(end);
+                        let period = armed.timeout.interval().max(Duration::from_millis(1));
+                        armed.due = due_after(at, period);
                         let timeout = armed.timeout.clone();
                         state.now = at;
                         Some((timeout, at))
@@ -315,59 +431,81 @@ impl MockLoop {
                 at,
             };
             let entry = lock(&self.shared).open(event.clone());
-            let delivery = timeout.handle();
-            lock(&self.shared).settle(entry, &event, delivery);
+            // A handler that panicked had run: it counts as fired, and its entry stays.
+            let delivery = panics
+                .call(|| timeout.handle())
+                .unwrap_or(Delivery::Delivered);
+            {
+                let mut state = lock(&self.shared);
+                state.settle(entry, &event, delivery);
+                if delivery == Delivery::Removed {
+                    // Its glue `remove` never reached us (a wrapper panicked before passing it
+                    // on, say): forget it rather than fire it forever.
+                    state.timeouts.retain(|a| a.timeout != timeout);
+                }
+            }
             if delivery == Delivery::Delivered {
                 fired += 1;
             }
-            self.dispatch_pending();
+            self.dispatch_all(&mut panics);
         }
-        self.dispatch_pending();
+        self.dispatch_all(&mut panics);
+        panics.resume();
         fired
     }
 
     /// Reports `condition` on `fd`: every enabled watch of that fd is handled (C18). Returns
     /// how many handlers ran.
+    ///
+    /// # Panics
+    ///
+    /// If a handler or a dispatch panics, once every other watch of the fd has heard the
+    /// report and the sources are dispatched.
     pub fn ready(&self, fd: RawFd, condition: WatchFlags) -> usize {
-        let delivered = self.deliver(&[(fd, condition)]);
-        self.dispatch_pending();
+        let mut panics = FirstPanic::default();
+        let mut state = lock(&self.shared);
+        state.forget_removed();
+        let targets: Vec<(Watch, WatchFlags)> = state
+            .watches
+            .iter()
+            .filter(|r| !r.stale && r.watch.is_enabled() && r.watch.fd() == Some(fd))
+            .map(|r| (r.watch.clone(), condition))
+            .collect();
+        drop(state);
+        let delivered = self.deliver(targets, &mut panics);
+        self.dispatch_all(&mut panics);
+        panics.resume();
         delivered
     }
 
     /// Polls the registered real fds once, without blocking, and handles what is ready —
-    /// real sockets, virtual time. An fd found closed (`POLLNVAL`) is logged and no longer
-    /// polled until a watch on that fd number is added again (C15). Returns how many handlers
-    /// ran.
+    /// real sockets, virtual time. Returns how many handlers ran.
+    ///
+    /// A producer that breaks C15 costs nothing worse than a log entry: an fd found closed
+    /// (`POLLNVAL`, or `EBADF` from `fstat`) is logged as [`MockEvent::FdClosed`] and no longer
+    /// polled for the watches that used it, and a watch whose fd number now names another
+    /// file than when it was added (`fstat` device and inode) is logged as
+    /// [`MockEvent::WatchStale`] and never reported to again — the fd's new owner is polled
+    /// and served alone.
     ///
     /// # Panics
     ///
-    /// Never for a closed fd; only if a producer's handler panics.
+    /// Never for a closed or reused fd; if a handler or a dispatch panics, once every other
+    /// ready watch has been handled and the sources dispatched.
     pub fn poll_fds(&self) -> usize {
-        let interest: Vec<(RawFd, WatchFlags)> = {
-            let state = lock(&self.shared);
-            let mut interest: Vec<(RawFd, WatchFlags)> = Vec::new();
-            for watch in state.watches.iter().filter(|w| w.is_enabled()) {
-                let Some(fd) = watch.fd() else { continue };
-                if state.closed_fds.contains(&fd) {
-                    continue;
-                }
-                match interest.iter_mut().find(|(f, _)| *f == fd) {
-                    Some((_, flags)) => *flags |= watch.flags(),
-                    None => interest.push((fd, watch.flags())),
-                }
-            }
-            interest
-        };
+        let mut panics = FirstPanic::default();
+        let (interest, targets) = self.live_interest();
         if interest.is_empty() {
-            self.dispatch_pending();
+            self.dispatch_all(&mut panics);
+            panics.resume();
             return 0;
         }
         let mut pollfds: Vec<PollFd<'_>> = interest
             .iter()
             .map(|(fd, flags)| {
-                // SAFETY: producers remove a watch before closing its fd (C15), so every fd
-                // taken from an enabled watch above is open; one closed in breach of C15 comes
-                // back as POLLNVAL, which is handled below, never dereferenced.
+                // SAFETY: `live_interest` just found each fd open (fstat) or, for an fd that
+                // named no file when its watch was added, trusts C15; one closed since comes
+                // back as POLLNVAL, which is handled below, never read through.
                 let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
                 PollFd::new(fd, PollFlags::from_bits_truncate(flags.to_poll_events()))
             })
@@ -376,12 +514,19 @@ impl MockLoop {
             // EINTR or EINVAL: nothing was reported; the next call polls again.
             return 0;
         }
-        let mut ready = Vec::new();
+        let mut ready: Vec<(RawFd, WatchFlags)> = Vec::new();
         for ((fd, _), pollfd) in interest.iter().zip(&pollfds) {
             let revents = pollfd.revents().unwrap_or(PollFlags::empty());
             if revents.contains(PollFlags::POLLNVAL) {
                 let mut state = lock(&self.shared);
                 state.closed_fds.insert(*fd);
+                for r in state
+                    .watches
+                    .iter_mut()
+                    .filter(|r| r.watch.fd() == Some(*fd))
+                {
+                    r.stale |= r.file.is_some();
+                }
                 state.log.push(MockEvent::FdClosed { fd: *fd });
                 continue;
             }
@@ -391,53 +536,124 @@ impl MockLoop {
             }
         }
         drop(pollfds);
-        let delivered = self.deliver(&ready);
-        self.dispatch_pending();
+        let targets: Vec<(Watch, WatchFlags)> = targets
+            .into_iter()
+            .filter_map(|(fd, watch)| {
+                let (_, condition) = ready.iter().find(|(f, _)| *f == fd)?;
+                Some((watch, *condition))
+            })
+            .collect();
+        let delivered = self.deliver(targets, &mut panics);
+        self.dispatch_all(&mut panics);
+        panics.resume();
         delivered
+    }
+
+    /// The fds to poll with their merged interest (C18), and the watches to report each fd's
+    /// condition to, leaving out — and logging — watches whose fd was closed or reused.
+    #[allow(clippy::type_complexity)]
+    fn live_interest(&self) -> (Vec<(RawFd, WatchFlags)>, Vec<(RawFd, Watch)>) {
+        let mut guard = lock(&self.shared);
+        guard.forget_removed();
+        let state = &mut *guard;
+        let mut interest: Vec<(RawFd, WatchFlags)> = Vec::new();
+        let mut targets: Vec<(RawFd, Watch)> = Vec::new();
+        let mut closed_now: Vec<RawFd> = Vec::new();
+        for r in state.watches.iter_mut() {
+            if r.stale || !r.watch.is_enabled() {
+                continue;
+            }
+            let Some(fd) = r.watch.fd() else { continue };
+            match r.file {
+                Some(file) => match file_id(fd) {
+                    Ok(now) if now == file => {}
+                    Ok(_) => {
+                        r.stale = true;
+                        state.log.push(MockEvent::WatchStale {
+                            id: r.watch.id(),
+                            fd,
+                        });
+                        continue;
+                    }
+                    Err(_) => {
+                        r.stale = true;
+                        if !closed_now.contains(&fd) {
+                            closed_now.push(fd);
+                            state.log.push(MockEvent::FdClosed { fd });
+                        }
+                        continue;
+                    }
+                },
+                None if state.closed_fds.contains(&fd) => continue,
+                None => {}
+            }
+            match interest.iter_mut().find(|(f, _)| *f == fd) {
+                Some((_, flags)) => *flags |= r.watch.flags(),
+                None => interest.push((fd, r.watch.flags())),
+            }
+            targets.push((fd, r.watch.clone()));
+        }
+        (interest, targets)
     }
 
     /// Dispatches every attached source whose status is [`DispatchStatus::DataRemains`], up to
     /// a batch per source, and returns how many dispatches ran.
+    ///
+    /// # Panics
+    ///
+    /// If a source's `dispatch` or `dispatch_status` panics, once the other sources have been
+    /// dispatched. The panicking source is asked for its status again on the next call, so
+    /// its remaining work is not stranded.
     pub fn dispatch_pending(&self) -> usize {
+        let mut panics = FirstPanic::default();
+        let dispatched = self.dispatch_all(&mut panics);
+        panics.resume();
+        dispatched
+    }
+
+    fn dispatch_all(&self, panics: &mut FirstPanic) -> usize {
         let sources: Vec<Arc<dyn Source>> = lock(&self.shared).sources.clone();
         let mut dispatched = 0;
         for source in sources {
-            for _ in 0..DISPATCH_BATCH {
-                if source.dispatch_status() != DispatchStatus::DataRemains {
-                    break;
+            panics.call(|| {
+                for _ in 0..DISPATCH_BATCH {
+                    if source.dispatch_status() != DispatchStatus::DataRemains {
+                        break;
+                    }
+                    lock(&self.shared).log.push(MockEvent::Dispatched);
+                    dispatched += 1;
+                    if source.dispatch() == DispatchStatus::Complete {
+                        break;
+                    }
                 }
-                lock(&self.shared).log.push(MockEvent::Dispatched);
-                dispatched += 1;
-                if source.dispatch() == DispatchStatus::Complete {
-                    break;
-                }
-            }
+            });
         }
         dispatched
     }
 
-    fn deliver(&self, ready: &[(RawFd, WatchFlags)]) -> usize {
+    /// Reports each condition to its watch, with no lock held (handlers may add or remove
+    /// watches, C11); a panicking handler does not keep the others from hearing theirs.
+    fn deliver(&self, targets: Vec<(Watch, WatchFlags)>, panics: &mut FirstPanic) -> usize {
         let mut delivered = 0;
-        for &(fd, condition) in ready {
-            // Snapshot, release, call: handlers may add or remove watches (C11).
-            let watches: Vec<Watch> = lock(&self.shared)
-                .watches
-                .iter()
-                .filter(|w| w.is_enabled() && w.fd() == Some(fd))
-                .cloned()
-                .collect();
-            for watch in watches {
-                let event = MockEvent::WatchHandled {
-                    id: watch.id(),
-                    condition,
-                    delivery: Delivery::Delivered,
-                };
-                let entry = lock(&self.shared).open(event.clone());
-                let delivery = watch.handle(condition);
-                lock(&self.shared).settle(entry, &event, delivery);
-                if delivery == Delivery::Delivered {
-                    delivered += 1;
-                }
+        for (watch, condition) in targets {
+            let event = MockEvent::WatchHandled {
+                id: watch.id(),
+                condition,
+                delivery: Delivery::Delivered,
+            };
+            let entry = lock(&self.shared).open(event.clone());
+            let delivery = panics
+                .call(|| watch.handle(condition))
+                .unwrap_or(Delivery::Delivered);
+            let mut state = lock(&self.shared);
+            state.settle(entry, &event, delivery);
+            if delivery == Delivery::Removed {
+                // Its glue `remove` never reached us (a wrapper panicked before passing it on,
+                // say): forget it rather than poll it forever.
+                state.watches.retain(|r| r.watch != watch);
+            }
+            if delivery == Delivery::Delivered {
+                delivered += 1;
             }
         }
         delivered
@@ -468,18 +684,23 @@ impl MockLoop {
         lock(&self.shared).fail_in = Some(k - 1);
     }
 
-    /// The registered watches, in the order they were added.
+    /// The registered watches, in the order they were added (stale ones included: see
+    /// [`poll_fds`](Self::poll_fds)).
     pub fn watches(&self) -> Vec<Watch> {
-        lock(&self.shared).watches.clone()
+        lock(&self.shared)
+            .watches
+            .iter()
+            .map(|r| r.watch.clone())
+            .collect()
     }
 
-    /// The registered, enabled watches on `fd`.
+    /// The registered, enabled watches on `fd` that are not stale.
     pub fn enabled_watches_for(&self, fd: RawFd) -> Vec<Watch> {
         lock(&self.shared)
             .watches
             .iter()
-            .filter(|w| w.is_enabled() && w.fd() == Some(fd))
-            .cloned()
+            .filter(|r| !r.stale && r.watch.is_enabled() && r.watch.fd() == Some(fd))
+            .map(|r| r.watch.clone())
             .collect()
     }
 
@@ -498,7 +719,7 @@ impl MockLoop {
             .timeouts
             .iter()
             .filter(|a| a.timeout.is_enabled())
-            .map(|a| a.due)
+            .filter_map(|a| a.due)
             .min()
     }
 
@@ -546,7 +767,11 @@ impl WatchFunctions for MockWatches {
             flags: watch.flags(),
             enabled: watch.is_enabled(),
         });
-        state.watches.push(watch.clone());
+        state.watches.push(Registered {
+            watch: watch.clone(),
+            file: file_id(fd).ok(),
+            stale: false,
+        });
         Ok(())
     }
 
@@ -555,7 +780,7 @@ impl WatchFunctions for MockWatches {
             return;
         };
         let mut state = lock(&shared);
-        state.watches.retain(|w| w != watch);
+        state.watches.retain(|r| r.watch != *watch);
         state.log.push(MockEvent::WatchRemoved {
             id: watch.id(),
             fd: watch.fd().unwrap_or(-1),
@@ -585,7 +810,7 @@ impl TimeoutFunctions for MockTimeouts {
             interval: timeout.interval(),
             enabled: timeout.is_enabled(),
         });
-        let (due, seq) = (state.now + timeout.interval(), state.next_seq);
+        let (due, seq) = (due_after(state.now, timeout.interval()), state.next_seq);
         state.next_seq += 1;
         state.timeouts.push(Armed {
             timeout: timeout.clone(),
@@ -613,9 +838,10 @@ impl TimeoutFunctions for MockTimeouts {
         let mut state = lock(&shared);
         let now = state.now;
         if timeout.is_enabled() {
-            // Enabling restarts the period from now (C9).
+            // Enabling restarts the period from now (C9); so does a `toggled` while enabled
+            // (a restart, or an off-and-on that coalesced), with the interval read afresh.
             if let Some(armed) = state.timeouts.iter_mut().find(|a| a.timeout == *timeout) {
-                armed.due = now + timeout.interval();
+                armed.due = due_after(now, timeout.interval());
             }
         }
         state.log.push(MockEvent::TimeoutToggled {
@@ -639,7 +865,7 @@ impl super::Harness for MockLoop {
     fn run_until(&mut self, limit: Duration, done: &mut dyn FnMut() -> bool) -> bool {
         // Bounds a producer that stays ready without making progress.
         const MAX_ROUNDS: usize = 10_000_000;
-        let end = self.now() + limit;
+        let end = self.now().saturating_add(limit);
         for _ in 0..MAX_ROUNDS {
             if done() {
                 return true;
