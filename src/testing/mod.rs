@@ -6,12 +6,15 @@
 //!   application's own — implements [`Harness`] and runs every scenario against itself with
 //!   one call, [`run_all`]`(|| MyHarness::new())`.
 //! * [`SocketPeer`]: the small socket producer the scenarios drive.
+//! * [`ThreadCpuClock`]: a thread's CPU time, for bounds that hold on a loaded machine.
 
+mod cpu_clock;
 mod harness;
 mod mock_loop;
 mod scenarios;
 mod socket_peer;
 
+pub use cpu_clock::ThreadCpuClock;
 pub use harness::Harness;
 pub use mock_loop::{MockEvent, MockLoop};
 pub use scenarios::{run_all, Scenario, ScenarioFailure, SCENARIOS};

@@ -3,20 +3,35 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::harness::Harness;
 use super::socket_peer::SocketPeer;
 use crate::flags::WatchFlags;
 use crate::source::Source;
+use crate::timeout::Timeout;
 use crate::watch::Watch;
 
 /// How long a scenario waits for something that must happen. Generous: a real loop under a
 /// loaded CI machine may be slow, and a passing scenario never waits this long.
 const LIMIT: Duration = Duration::from_secs(10);
+
+/// The loop time a quiet window lasts: a stretch in which nothing is ready.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// The most handler calls a quiet window may see. A level-triggered glue makes none; an
+/// edge-triggered one may report a spurious edge or two as it registers an fd.
+const QUIET_CALLS: usize = 4;
+
+/// In a quiet window the loop's thread may spend at most 1/`QUIET_CPU_DIVISOR` of the window's
+/// loop time on a CPU. A loop that sleeps in its poll uses well under 1%; one that spins gets
+/// at least a third of a core even beside two CPU hogs on two cores, so the bound holds for
+/// correct glue on a loaded machine and still catches a spinning one.
+const QUIET_CPU_DIVISOR: u32 = 10;
 
 /// One conformance scenario: a name and a check that drives a fresh [`Harness`].
 #[derive(Clone, Copy)]
@@ -44,6 +59,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "write watch follows queued output",
         run: write_watch_follows_queued_output,
+    },
+    Scenario {
+        name: "a disabled write watch on a writable socket stays silent; the loop idles (C9)",
+        run: quiet_socket_stays_quiet,
     },
     Scenario {
         name: "one byte per handle drains 64 KiB (C17)",
@@ -170,6 +189,37 @@ fn expect(ok: bool, message: impl FnOnce() -> String) -> Result<(), String> {
     }
 }
 
+/// Runs the loop through [`QUIET`] of loop time in which nothing is ready, and checks that it
+/// idled: at most [`QUIET_CALLS`] calls counted by `calls`, and the loop's thread on a CPU for
+/// at most 1/[`QUIET_CPU_DIVISOR`] of the window (when the harness can tell its CPU time).
+fn idles(h: &mut dyn Harness, what: &str, calls: &dyn Fn() -> usize) -> Result<(), String> {
+    let calls_before = calls();
+    let cpu_before = h.loop_cpu_time();
+    let start = h.elapsed();
+    h.run_until(QUIET, &mut || false);
+    let elapsed = h.elapsed().saturating_sub(start);
+    let cpu = match (cpu_before, h.loop_cpu_time()) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    let made = calls().saturating_sub(calls_before);
+    expect(made <= QUIET_CALLS, || {
+        format!(
+            "{what}: {made} handler calls in {elapsed:?} of loop time with nothing ready \
+             (at most {QUIET_CALLS})"
+        )
+    })?;
+    match cpu {
+        Some(cpu) => expect(cpu * QUIET_CPU_DIVISOR <= elapsed, || {
+            format!(
+                "{what}: the loop's thread spent {cpu:?} on a CPU in {elapsed:?} of loop time \
+                 with nothing ready (at most 1/{QUIET_CPU_DIVISOR}): the glue spins"
+            )
+        }),
+        None => Ok(()),
+    }
+}
+
 fn read_and_write_watch_on_one_socket(h: &mut dyn Harness) -> Result<(), String> {
     let (peer, mut other) = pair(4096)?;
     let _source = attach(h, &peer)?;
@@ -228,6 +278,32 @@ fn write_watch_follows_queued_output(h: &mut dyn Harness) -> Result<(), String> 
     })
 }
 
+/// A socket is writable nearly always, so a glue that polls a disabled write watch anyway
+/// (ignoring the enabled flag) wakes for it again and again: nothing reaches the producer
+/// (`handle` answers `Disabled`), but the loop spins. The peer's read watch is enabled with
+/// nothing to read, its write watch disabled: the loop must sleep.
+fn quiet_socket_stays_quiet(h: &mut dyn Harness) -> Result<(), String> {
+    let (peer, mut other) = pair(4096)?;
+    let _source = attach(h, &peer)?;
+    expect(!peer.write_watch().is_enabled(), || {
+        "the peer's write watch starts disabled".into()
+    })?;
+    let calls = || peer.handler_calls();
+    idles(h, "a writable socket whose write watch is disabled", &calls)?;
+
+    // Enabled, the write watch works; disabled again once the output is out, quiet again.
+    peer.queue(b"once");
+    let mut got = Vec::new();
+    let sent = h.run_until(LIMIT, &mut || {
+        drain(&mut other, &mut got);
+        got.len() >= 4 && !peer.write_watch().is_enabled()
+    });
+    expect(sent && got == b"once", || {
+        format!("the write watch, once enabled, carried {got:?}")
+    })?;
+    idles(h, "a write watch disabled again after its output", &calls)
+}
+
 fn one_byte_per_handle_drains_64k(h: &mut dyn Harness) -> Result<(), String> {
     let (peer, other) = pair(1)?;
     let data = pattern(64 * 1024);
@@ -252,12 +328,23 @@ fn periodic_timeout_restarts_on_enable(h: &mut dyn Harness) -> Result<(), String
     let (peer, _other) = pair(64)?;
     let _source = attach(h, &peer)?;
     let interval = Duration::from_millis(20);
-    let (timeout, fired) = peer.add_timeout(interval).map_err(io("add timeout"))?;
-    let count = || fired.load(Ordering::SeqCst);
+    let fired: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let log = Arc::clone(&fired);
+    let timeout = Timeout::new(interval, move || push(&log, "periodic"));
+    let count = || {
+        let fired = fired.lock().unwrap_or_else(|p| p.into_inner());
+        fired.iter().filter(|name| **name == "periodic").count()
+    };
 
+    // Each clock starts before the call that arms the timer, since a correct glue arms it
+    // inside that call: then no load can make a correct firing look early. Periods are
+    // fixed-delay (C10), so the third firing comes at least three intervals after the add.
     let start = h.elapsed();
+    peer.timeouts()
+        .add(&timeout)
+        .map_err(|e| format!("add timeout: {e}"))?;
     let three = h.run_until(LIMIT, &mut || count() >= 3);
-    let took = h.elapsed() - start;
+    let took = h.elapsed().saturating_sub(start);
     expect(three && took >= interval * 3, || {
         format!(
             "3 periods of {interval:?} took {took:?} ({} fired)",
@@ -272,15 +359,37 @@ fn periodic_timeout_restarts_on_enable(h: &mut dyn Harness) -> Result<(), String
     h.run_until(interval * 3, &mut || false);
     expect(count() == before, || "a disabled timeout fired".into())?;
 
+    let enabled_at = h.elapsed();
     peer.timeouts()
         .toggle(&timeout, true)
         .map_err(|e| format!("toggle on: {e}"))?;
-    let enabled_at = h.elapsed();
+    // Armed just after the toggle with ten times the interval: a glue that arms the
+    // re-enabled timer late — anywhere but inside `toggled` — lets this one fire first.
+    let log = Arc::clone(&fired);
+    let reference = Timeout::new(interval * 10, move || push(&log, "reference"));
+    let seen = fired.lock().map_or(0, |f| f.len());
+    peer.timeouts()
+        .add(&reference)
+        .map_err(|e| format!("add reference timeout: {e}"))?;
     let again = h.run_until(LIMIT, &mut || count() > before);
-    let waited = h.elapsed() - enabled_at;
+    let waited = h.elapsed().saturating_sub(enabled_at);
+    let _ = peer.timeouts().remove(&reference);
     expect(again && waited >= interval, || {
         format!("after enabling, it fired after {waited:?}: the period must restart from now")
+    })?;
+    let after: Vec<&str> = fired.lock().map(|f| f[seen..].to_vec()).unwrap_or_default();
+    expect(after.first() == Some(&"periodic"), || {
+        format!(
+            "re-enabled with a period of {interval:?}, it fired only after a timeout of \
+             {:?} added after the toggle ({after:?}): the glue must arm the timer inside \
+             `toggled`",
+            interval * 10
+        )
     })
+}
+
+fn push(log: &Mutex<Vec<&'static str>>, name: &'static str) {
+    log.lock().unwrap_or_else(|p| p.into_inner()).push(name);
 }
 
 fn removal_from_inside_a_handler(h: &mut dyn Harness) -> Result<(), String> {
@@ -406,15 +515,16 @@ fn functions_replaced_while_events_pending(h: &mut dyn Harness) -> Result<(), St
 }
 
 /// A producer that breaks C15 — closes an fd while its watch is still registered — must cost
-/// the glue nothing worse than a warning: no report for the dead fd, a removal that tolerates
-/// EBADF, and a new socket on the same fd number served normally.
+/// the glue nothing worse than a warning: no report for the dead fd, no spinning on it
+/// (`poll` answers `POLLNVAL` at once, every time), a removal that tolerates EBADF, and a new
+/// socket on the same fd number served normally.
 fn fd_closed_while_registered(h: &mut dyn Harness) -> Result<(), String> {
-    use std::os::fd::IntoRawFd;
-
     let (peer, _other) = pair(4096)?;
     let _source = attach(h, &peer)?;
     let (doomed, _doomed_other) = UnixStream::pair().map_err(io("socketpair"))?;
-    let fd = doomed.into_raw_fd();
+    let doomed = OwnedFd::from(doomed);
+    let doomed = lonely(&doomed).unwrap_or(doomed);
+    let fd = doomed.as_raw_fd();
     let reports = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&reports);
     let watch = Watch::new(fd, WatchFlags::READABLE, move |_| {
@@ -424,9 +534,10 @@ fn fd_closed_while_registered(h: &mut dyn Harness) -> Result<(), String> {
         .add(&watch)
         .map_err(|e| format!("add: {e}"))?;
     h.run_until(Duration::from_millis(10), &mut || false);
-    nix::unistd::close(fd).map_err(|e| format!("close: {e}"))?;
-    h.run_until(Duration::from_millis(50), &mut || false);
-    expect(reports.load(Ordering::SeqCst) == 0, || {
+    drop(doomed); // closed while its watch is registered: the producer's bug
+    let count = || reports.load(Ordering::SeqCst);
+    idles(h, "an fd closed while its watch is registered", &count)?;
+    expect(count() == 0, || {
         "a watch on a closed fd was reported to the producer".into()
     })?;
     peer.watches()
@@ -434,14 +545,37 @@ fn fd_closed_while_registered(h: &mut dyn Harness) -> Result<(), String> {
         .map_err(|e| format!("the late removal failed: {e}"))?;
 
     // The fd number is free again: a new socket that gets it must work.
-    let (reused, mut reused_other) = pair(4096)?;
+    let (ours, theirs) = UnixStream::pair().map_err(io("socketpair"))?;
+    let ours = OwnedFd::from(ours);
+    let ours = at_least(&ours, fd).unwrap_or(ours);
+    let reused = SocketPeer::new(UnixStream::from(ours), 4096).map_err(io("SocketPeer::new"))?;
     let _reused = attach(h, &reused)?;
-    reused_other.write_all(b"fresh").map_err(io("write"))?;
+    let mut writer = &theirs;
+    writer.write_all(b"fresh").map_err(io("write"))?;
     let got = h.run_until(LIMIT, &mut || reused.received_len() >= 5);
     expect(got && reused.received() == b"fresh", || {
         format!(
-            "after a closed fd, a new socket got {:?}",
+            "after a closed fd, a new socket on fd {:?} (the closed one was {fd}) got {:?}",
+            reused.fd(),
             reused.received()
         )
     })
+}
+
+/// A duplicate of `fd` on a number far above those the process's other threads get (they
+/// take the lowest free number), so that no other thread reuses it while a scenario watches
+/// it closed; each call takes another number, so scenarios running in parallel keep apart.
+/// `None` where the fd limit is too low for that.
+fn lonely(fd: &OwnedFd) -> Option<OwnedFd> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let slot = 512 + (NEXT.fetch_add(1, Ordering::Relaxed) % 256) as RawFd;
+    at_least(fd, slot)
+}
+
+/// A duplicate of `fd` (close-on-exec) on the lowest free number from `number` up.
+fn at_least(fd: &OwnedFd, number: RawFd) -> Option<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let dup = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(number)).ok()?;
+    // SAFETY: F_DUPFD_CLOEXEC just created `dup`; nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(dup) })
 }

@@ -67,6 +67,7 @@ struct PeerState {
     outbound: VecDeque<u8>,
     posted: Vec<u8>,
     write_enables: usize,
+    handler_calls: usize,
     closed: bool,
 }
 
@@ -139,6 +140,11 @@ impl SocketPeer {
     /// Bytes queued and not yet written.
     pub fn pending_output(&self) -> usize {
         self.inner.lock().outbound.len()
+    }
+
+    /// How many times the glue ran one of the peer's watch handlers (read or write).
+    pub fn handler_calls(&self) -> usize {
+        self.inner.lock().handler_calls
     }
 
     /// How many times the write watch was switched on.
@@ -223,6 +229,7 @@ impl PeerInner {
         let mut buf = vec![0u8; self.budget];
         let eof = {
             let mut state = self.lock();
+            state.handler_calls += 1;
             let Some(stream) = state.stream.as_mut() else {
                 return;
             };
@@ -253,6 +260,7 @@ impl PeerInner {
         let after = {
             let mut guard = self.lock();
             let state = &mut *guard;
+            state.handler_calls += 1;
             let Some(stream) = state.stream.as_mut() else {
                 return;
             };
