@@ -244,12 +244,29 @@ fn poll_fds_delivers_real_readiness() {
     watches.remove(&w).unwrap();
 }
 
+/// `stream` moved to a number far above those other threads get (they take the lowest free
+/// number), so that no other test's thread reuses it while a test watches it closed; each
+/// call takes another number. Where the fd limit is too low for that, `stream` as it is.
+fn lonely(stream: UnixStream) -> UnixStream {
+    static NEXT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+    let from = 768 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 128;
+    at_least(&stream, from).unwrap_or(stream)
+}
+
+/// A duplicate of `stream` on the lowest free number from `number` up.
+fn at_least(stream: &UnixStream, number: i32) -> Option<UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let fd = nix::fcntl::fcntl(stream, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(number)).ok()?;
+    // SAFETY: F_DUPFD_CLOEXEC just created `fd`; nothing else owns it.
+    Some(UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
 #[test]
 fn poll_fds_drops_a_closed_fd_instead_of_spinning() {
     let mock = MockLoop::new();
     let (watches, _t) = lists(&mock);
     let (a, _b) = UnixStream::pair().unwrap();
-    let fd = a.into_raw_fd();
+    let fd = lonely(a).into_raw_fd();
     let w = Watch::new(fd, WatchFlags::READABLE, |_| {
         panic!("a closed fd is never handled")
     });
@@ -291,17 +308,37 @@ fn a_duration_max_interval_never_falls_due_and_never_panics() {
     timeouts.remove(&never).unwrap();
 }
 
-/// Issue 7.4: a period that fits once but not twice fires once, then never again.
+/// Issue 7.4: near the end of the clock, a period that fits once but not twice fires once,
+/// then never again.
 #[test]
 fn a_periodic_rearm_past_the_clock_saturates_to_never() {
     let mock = MockLoop::new();
     let (_w, timeouts) = lists(&mock);
-    let half = Duration::MAX / 2 + Duration::from_secs(1);
-    let t = Timeout::new(half, || {});
+    let day = Duration::from_secs(86_400);
+    mock.advance(Duration::MAX - day * 300);
+    let t = Timeout::new(day * 200, || {});
     timeouts.add(&t).unwrap();
-    assert_eq!(mock.next_deadline(), Some(half));
+    assert_eq!(mock.next_deadline(), Some(Duration::MAX - day * 100));
     assert_eq!(mock.advance(Duration::MAX), 1);
     assert_eq!(mock.next_deadline(), None);
+    assert_eq!(mock.now(), Duration::MAX);
+}
+
+/// `TimeoutList::restart` reaches the mock as `toggled` while enabled: the period restarts
+/// from now with the new interval, read afresh.
+#[test]
+fn restart_rearms_with_the_new_interval_from_now() {
+    let mock = MockLoop::new();
+    let (_w, timeouts) = lists(&mock);
+    let t = Timeout::new(ms(50), || {});
+    timeouts.add(&t).unwrap();
+    mock.advance(ms(30));
+    timeouts.restart(&t, ms(5)).unwrap();
+    assert_eq!(mock.next_deadline(), Some(ms(35)));
+    assert_eq!(mock.advance(ms(20)), 4, "at 35, 40, 45 and 50");
+    timeouts.restart(&t, Duration::MAX).unwrap();
+    assert_eq!(mock.next_deadline(), None, "Duration::MAX: never");
+    assert_eq!(mock.advance(ms(1000)), 0);
 }
 
 /// C10 (fixed-delay) and C9: the next period starts when the mock calls `handle`, and a
@@ -596,15 +633,15 @@ fn a_reused_fd_number_neither_feeds_nor_silences_another_producer() {
 }
 
 /// Issue 7.2 on the mock: A closes its fd without removing its watch; the watch goes quiet
-/// (one `FdClosed`), and the next socket — on the same number when it is still free — is
-/// served without A's watch hearing it.
+/// (one `FdClosed`), and the next socket on the same number is served without A's watch
+/// hearing it.
 #[test]
 fn a_closed_fds_number_serves_its_next_owner_alone() {
     let mock = MockLoop::new();
     let (a_watches, _ta) = lists(&mock);
     let (b_watches, _tb) = lists(&mock);
     let (a, _a_other) = UnixStream::pair().unwrap();
-    let fd = a.into_raw_fd();
+    let fd = lonely(a).into_raw_fd();
     let stale = Watch::new(fd, WatchFlags::READABLE, |_| {
         panic!("A's stale watch handled")
     });
@@ -614,12 +651,8 @@ fn a_closed_fds_number_serves_its_next_owner_alone() {
     assert_eq!(mock.poll_fds(), 0);
     assert_eq!(mock.take_log(), [MockEvent::FdClosed { fd }]);
 
-    // A new socket takes the lowest free numbers: `fd` itself, unless another test's thread
-    // took it meanwhile (then the test still runs, without the reuse).
-    let (mut b, mut b_other) = UnixStream::pair().unwrap();
-    if b_other.as_raw_fd() == fd {
-        std::mem::swap(&mut b, &mut b_other);
-    }
+    let (b, b_other) = UnixStream::pair().unwrap();
+    let b = at_least(&b, fd).unwrap_or(b); // `fd` itself: no other thread takes such numbers
     let number = b.as_raw_fd();
     let got = Arc::new(Mutex::new(0));
     let g = Arc::clone(&got);
