@@ -703,3 +703,38 @@ fn not_requested_reports_can_be_left_out_of_the_log() {
     );
     watches.remove(&r).unwrap();
 }
+
+/// A glue wrapper whose `add` passes the call on and then panics leaves the mock holding a
+/// registration for a set the list rolled back; installing the mock's glue again must not
+/// double it (each report would reach the watch twice).
+#[test]
+fn a_registration_left_by_a_panicking_add_is_replaced_not_doubled() {
+    struct PanicAfterAdd(Box<dyn loopglue::WatchFunctions>);
+    impl loopglue::WatchFunctions for PanicAfterAdd {
+        fn add(&mut self, watch: &Watch) -> io::Result<()> {
+            self.0.add(watch)?;
+            panic!("glue wrapper panics after passing add on");
+        }
+        fn remove(&mut self, watch: &Watch) {
+            self.0.remove(watch)
+        }
+        fn toggled(&mut self, watch: &Watch) {
+            self.0.toggled(watch)
+        }
+    }
+    let mock = MockLoop::new();
+    let watches = WatchList::new();
+    let heard = Arc::new(Mutex::new(0));
+    let h = Arc::clone(&heard);
+    let w = Watch::new(9, WatchFlags::READABLE, move |_| *h.lock().unwrap() += 1);
+    watches.add(&w).unwrap();
+    expect_panic(|| {
+        let _ = watches.set_functions(Some(Box::new(PanicAfterAdd(mock.watch_functions()))));
+    });
+    watches.set_functions(Some(mock.watch_functions())).unwrap();
+    assert_eq!(mock.watches(), std::slice::from_ref(&w));
+    assert_eq!(mock.ready(9, WatchFlags::READABLE), 1);
+    assert_eq!(*heard.lock().unwrap(), 1);
+    watches.remove(&w).unwrap();
+    assert!(mock.watches().is_empty());
+}

@@ -767,6 +767,9 @@ impl WatchFunctions for MockWatches {
             flags: watch.flags(),
             enabled: watch.is_enabled(),
         });
+        // A registration left behind by an earlier set whose `add` passed the call on and then
+        // panicked (so no `remove` ever came for it) is replaced, not doubled.
+        state.watches.retain(|r| r.watch != *watch);
         state.watches.push(Registered {
             watch: watch.clone(),
             file: file_id(fd).ok(),
@@ -810,6 +813,7 @@ impl TimeoutFunctions for MockTimeouts {
             interval: timeout.interval(),
             enabled: timeout.is_enabled(),
         });
+        state.timeouts.retain(|a| a.timeout != *timeout); // as for watches
         let (due, seq) = (due_after(state.now, timeout.interval()), state.next_seq);
         state.next_seq += 1;
         state.timeouts.push(Armed {
