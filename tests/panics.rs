@@ -394,22 +394,32 @@ impl Probe {
         );
     }
 
-    /// Nothing ready: the loop must idle (the CPU bound of the conformance scenarios).
+    /// Nothing ready: the loop must idle — the CPU bounds of the conformance scenarios: at
+    /// most a tenth of the window on a CPU, and not 2 ms or more at 1 ms or more per wait.
     fn idles(&mut self) {
         let Kind::MainLoop(_) = self.kind else { return };
         let clock = ThreadCpuClock::current();
-        let (Some(before), start) = (clock.cpu_time(), Instant::now()) else {
+        let (Some(before), start) = (clock.usage(), Instant::now()) else {
             return;
         };
         let _ = self.run_until(|| start.elapsed() >= Duration::from_millis(300));
-        let (Some(after), elapsed) = (clock.cpu_time(), start.elapsed()) else {
+        let (Some(after), elapsed) = (clock.usage(), start.elapsed()) else {
             return;
         };
-        let cpu = after - before;
+        let cpu = after.cpu - before.cpu;
         assert!(
             cpu * 10 <= elapsed,
             "the loop spent {cpu:?} on a CPU in {elapsed:?} with nothing ready: it spins"
         );
+        if let (Some(from), Some(to)) = (before.waits, after.waits) {
+            let waits = to - from;
+            assert!(
+                cpu < Duration::from_millis(2)
+                    || cpu / u32::try_from(waits + 1).unwrap_or(u32::MAX)
+                        < Duration::from_millis(1),
+                "the loop spent {cpu:?} on a CPU in {elapsed:?} blocking {waits} times: it spins"
+            );
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::cpu_clock::ThreadCpuClock;
+use super::cpu_clock::{ThreadCpuClock, ThreadUsage};
 use crate::source::Source;
 
 /// A loop under test, as the conformance scenarios in [`testing`](crate::testing) drive it.
@@ -23,7 +23,7 @@ use crate::source::Source;
 /// waits — `done` need not be `Send`); a loop with a thread of its own waits for its
 /// iterations (a condition variable it signals after each) and checks `done` on the calling
 /// thread in between. Such a harness creates a [`ThreadCpuClock`] on the loop's thread and
-/// returns its reading from [`loop_cpu_time`](Self::loop_cpu_time). Producers may be called
+/// returns its reading from [`loop_thread_usage`](Self::loop_thread_usage). Producers may be called
 /// from any thread (C13), so scenario steps taken on the calling thread while the loop runs
 /// are part of what is tested.
 pub trait Harness {
@@ -55,13 +55,15 @@ pub trait Harness {
     /// for a real loop.
     fn elapsed(&self) -> Duration;
 
-    /// The CPU time the thread(s) running the loop have used so far, or `None` if the harness
-    /// cannot tell (the scenarios then skip their CPU bounds).
+    /// What the thread running the loop has used so far — CPU time, and how many times it
+    /// blocked — or `None` if the harness cannot tell (the scenarios then skip their CPU
+    /// bounds).
     ///
-    /// The default reads the calling thread's clock, which is right when
+    /// The default reads the calling thread's [`ThreadCpuClock`], which is right when
     /// [`run_until`](Self::run_until) runs the loop on the calling thread. A harness whose
-    /// loop runs on other threads returns theirs (see [`ThreadCpuClock`]).
-    fn loop_cpu_time(&self) -> Option<Duration> {
-        ThreadCpuClock::current().cpu_time()
+    /// loop runs on another thread returns that thread's; one whose loop runs on several
+    /// returns their sums.
+    fn loop_thread_usage(&self) -> Option<ThreadUsage> {
+        ThreadCpuClock::current().usage()
     }
 }

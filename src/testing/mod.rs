@@ -6,7 +6,8 @@
 //!   application's own — implements [`Harness`] and runs every scenario against itself with
 //!   one call, [`run_all`]`(|| MyHarness::new())`.
 //! * [`SocketPeer`]: the small socket producer the scenarios drive.
-//! * [`ThreadCpuClock`]: a thread's CPU time, for bounds that hold on a loaded machine.
+//! * [`ThreadCpuClock`]: a thread's CPU time and waits, for bounds that hold on a loaded
+//!   machine.
 
 mod cpu_clock;
 mod harness;
@@ -14,7 +15,7 @@ mod mock_loop;
 mod scenarios;
 mod socket_peer;
 
-pub use cpu_clock::ThreadCpuClock;
+pub use cpu_clock::{ThreadCpuClock, ThreadUsage};
 pub use harness::Harness;
 pub use mock_loop::{MockEvent, MockLoop};
 pub use scenarios::{run_all, Scenario, ScenarioFailure, SCENARIOS};

@@ -28,10 +28,16 @@ const QUIET: Duration = Duration::from_millis(300);
 const QUIET_CALLS: usize = 4;
 
 /// In a quiet window the loop's thread may spend at most 1/`QUIET_CPU_DIVISOR` of the window's
-/// loop time on a CPU. A loop that sleeps in its poll uses well under 1%; one that spins gets
-/// at least a third of a core even beside two CPU hogs on two cores, so the bound holds for
-/// correct glue on a loaded machine and still catches a spinning one.
+/// loop time on a CPU. A loop that sleeps in its poll uses well under 1%; one that spins uses
+/// whatever share of a core it gets.
 const QUIET_CPU_DIVISOR: u32 = 10;
+
+/// On a busy machine a spinning loop may get too little CPU to break that bound; it still
+/// never blocks. So a loop's thread that used at least `SPIN_CPU` in a quiet window, and at
+/// least `SPIN_CPU_PER_WAIT` per time it blocked, spins too. A loop that sleeps in its poll
+/// blocks at every wait and uses microseconds between two.
+const SPIN_CPU: Duration = Duration::from_millis(2);
+const SPIN_CPU_PER_WAIT: Duration = Duration::from_millis(1);
 
 /// One conformance scenario: a name and a check that drives a fresh [`Harness`].
 #[derive(Clone, Copy)]
@@ -190,18 +196,16 @@ fn expect(ok: bool, message: impl FnOnce() -> String) -> Result<(), String> {
 }
 
 /// Runs the loop through [`QUIET`] of loop time in which nothing is ready, and checks that it
-/// idled: at most [`QUIET_CALLS`] calls counted by `calls`, and the loop's thread on a CPU for
-/// at most 1/[`QUIET_CPU_DIVISOR`] of the window (when the harness can tell its CPU time).
+/// idled: at most [`QUIET_CALLS`] calls counted by `calls`, and — when the harness can tell
+/// what the loop's thread used — at most 1/[`QUIET_CPU_DIVISOR`] of the window on a CPU, and
+/// not [`SPIN_CPU`] or more at [`SPIN_CPU_PER_WAIT`] or more per wait.
 fn idles(h: &mut dyn Harness, what: &str, calls: &dyn Fn() -> usize) -> Result<(), String> {
     let calls_before = calls();
-    let cpu_before = h.loop_cpu_time();
+    let before = h.loop_thread_usage();
     let start = h.elapsed();
     h.run_until(QUIET, &mut || false);
     let elapsed = h.elapsed().saturating_sub(start);
-    let cpu = match (cpu_before, h.loop_cpu_time()) {
-        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
-        _ => None,
-    };
+    let after = h.loop_thread_usage();
     let made = calls().saturating_sub(calls_before);
     expect(made <= QUIET_CALLS, || {
         format!(
@@ -209,15 +213,27 @@ fn idles(h: &mut dyn Harness, what: &str, calls: &dyn Fn() -> usize) -> Result<(
              (at most {QUIET_CALLS})"
         )
     })?;
-    match cpu {
-        Some(cpu) => expect(cpu * QUIET_CPU_DIVISOR <= elapsed, || {
+    let (Some(before), Some(after)) = (before, after) else {
+        return Ok(());
+    };
+    let cpu = after.cpu.saturating_sub(before.cpu);
+    expect(cpu * QUIET_CPU_DIVISOR <= elapsed, || {
+        format!(
+            "{what}: the loop's thread spent {cpu:?} on a CPU in {elapsed:?} of loop time \
+             with nothing ready (at most 1/{QUIET_CPU_DIVISOR}): the glue spins"
+        )
+    })?;
+    if let (Some(from), Some(to)) = (before.waits, after.waits) {
+        let waits = to.saturating_sub(from);
+        let per_wait = cpu / u32::try_from(waits + 1).unwrap_or(u32::MAX);
+        expect(cpu < SPIN_CPU || per_wait < SPIN_CPU_PER_WAIT, || {
             format!(
                 "{what}: the loop's thread spent {cpu:?} on a CPU in {elapsed:?} of loop time \
-                 with nothing ready (at most 1/{QUIET_CPU_DIVISOR}): the glue spins"
+                 with nothing ready, blocking only {waits} times: the glue spins"
             )
-        }),
-        None => Ok(()),
+        })?;
     }
+    Ok(())
 }
 
 fn read_and_write_watch_on_one_socket(h: &mut dyn Harness) -> Result<(), String> {

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use loopglue::main_loop::{Backend, MainLoop};
-use loopglue::testing::{Harness, ThreadCpuClock};
+use loopglue::testing::{Harness, ThreadCpuClock, ThreadUsage};
 use loopglue::{
     Delivery, DispatchStatus, Source, Timeout, TimeoutFunctions, Watch, WatchFlags, WatchFunctions,
 };
@@ -393,8 +393,8 @@ impl Harness for ThreadedLoop {
         self.start.elapsed()
     }
 
-    fn loop_cpu_time(&self) -> Option<Duration> {
-        self.clock.cpu_time()
+    fn loop_thread_usage(&self) -> Option<ThreadUsage> {
+        self.clock.usage()
     }
 }
 
