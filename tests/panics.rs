@@ -154,13 +154,13 @@ impl TimeoutFunctions for RigTimeouts {
     }
 }
 
-/// A connection whose glue, wakeup, status function and dispatch can be made to panic.
-struct Rigged {
-    connection: Connection,
+/// A source whose glue, wakeup, status function and dispatch can be made to panic.
+struct Rigged<S> {
+    connection: S,
     trap: Arc<Trap>,
 }
 
-impl Source for Rigged {
+impl<S: Source> Source for Rigged<S> {
     fn data(&self) -> &SourceData {
         self.connection.data()
     }
@@ -274,8 +274,12 @@ struct Probe {
     a_source: Arc<dyn Source>,
     replies: Replies,
     _b: Connection,
+    /// A second rigged source: its timeout ticks, and work posted to it waits for dispatch.
     ticker: SocketPeer,
+    tick: Timeout,
     ticks: Arc<AtomicUsize>,
+    /// The other end of the ticker's socket, where posted work arrives.
+    ticker_other: UnixStream,
     panics: usize,
 }
 
@@ -309,11 +313,15 @@ impl Probe {
         });
         h.attach(Arc::clone(&a_source)).unwrap();
         h.attach(Arc::new(b.clone())).unwrap();
-        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let (ours, ticker_other) = UnixStream::pair().unwrap();
+        ticker_other.set_nonblocking(true).unwrap();
         let ticker = SocketPeer::new(ours, 64).unwrap();
-        std::mem::forget(_theirs); // keeps the ticker's socket quiet, not hung up
-        let (_, ticks) = ticker.add_timeout(Duration::from_millis(10)).unwrap();
-        h.attach(Arc::new(ticker.clone())).unwrap();
+        let (tick, ticks) = ticker.add_timeout(Duration::from_millis(10)).unwrap();
+        h.attach(Arc::new(Rigged {
+            connection: ticker.clone(),
+            trap: Arc::clone(&trap),
+        }))
+        .unwrap();
         Probe {
             h,
             kind,
@@ -323,7 +331,9 @@ impl Probe {
             replies,
             _b: b,
             ticker,
+            tick,
             ticks,
+            ticker_other,
             panics: 0,
         }
     }
@@ -382,6 +392,25 @@ impl Probe {
             echoed.windows(2).all(|w| w[0] < w[1]) && echoed.iter().all(|e| sent.contains(e)),
             "{tag}: echoes out of order or altered: {echoed:?}"
         );
+    }
+
+    /// Posts `bytes` to the ticker (catching a panic in `post`) and waits until its dispatch
+    /// has written them to the other end.
+    fn post(&mut self, bytes: &'static [u8]) {
+        self.catching(|p| p.ticker.post(bytes));
+        let other = self.ticker_other.try_clone().unwrap();
+        let mut got = Vec::new();
+        let done = self.run_until(|| {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = std::io::Read::read(&mut &other, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.ends_with(bytes)
+        });
+        assert!(done, "work posted to the ticker was stranded: got {got:?}");
     }
 
     /// The ticker keeps firing.
@@ -483,9 +512,16 @@ fn probe(kind: Kind, at: Callback, mode: Mode) {
                 "the big message did not come back"
             );
         }
-        Callback::TimeoutToggled | Callback::StatusFn | Callback::Dispatch => {
-            p.exchange("armed", 3, 0);
+        Callback::TimeoutToggled => {
+            let (ticker, tick) = (p.ticker.clone(), p.tick.clone());
+            p.catching(|_| {
+                let _ = ticker.timeouts().toggle(&tick, false);
+            });
+            p.catching(|_| {
+                let _ = ticker.timeouts().toggle(&tick, true);
+            });
         }
+        Callback::StatusFn | Callback::Dispatch => p.post(b"posted"),
         Callback::Handler => {
             // The message the panicking handler was given is consumed (Connection::dispatch);
             // the two behind it must not be stranded.
@@ -519,6 +555,7 @@ fn probe(kind: Kind, at: Callback, mode: Mode) {
         "{at:?} {mode:?}: the panic did not reach a caller"
     );
     p.exchange("after", 5, 0);
+    p.post(b"posted again");
     p.ticking();
     p.idles();
     p.ticker.close();
@@ -563,9 +600,6 @@ probes! {
     epoll_watch_add_after: EPOLL, WatchAdd, After;
     epoll_watch_remove_before: EPOLL, WatchRemove, Before;
     epoll_watch_remove_after: EPOLL, WatchRemove, After;
-    // Needs the `loops` fix of issue 7.5: drop or resync a registration whose `handle`
-    // answers `Disabled` (today MainLoop keeps polling the writable socket and spins).
-    #[ignore = "needs loops: resync a registration on Delivery::Disabled (issue 7.5)"]
     epoll_watch_toggled_before: EPOLL, WatchToggled, Before;
     epoll_watch_toggled_after: EPOLL, WatchToggled, After;
     epoll_timeout_add_after: EPOLL, TimeoutAdd, After;
@@ -574,23 +608,15 @@ probes! {
     epoll_timeout_toggled_after: EPOLL, TimeoutToggled, After;
     epoll_free_data: EPOLL, FreeData, After;
     epoll_data_drop: EPOLL, DataDrop, After;
-    // Needs the `loops` fix of issue 7.5: re-queue a source whose dispatch panicked with data
-    // remaining (today its messages stay undispatched forever).
-    #[ignore = "needs loops: re-queue a source after a panicking dispatch (issue 7.5)"]
     epoll_handler: EPOLL, Handler, Before;
     epoll_status_fn: EPOLL, StatusFn, After;
     epoll_wakeup: EPOLL, Wakeup, After;
-    // Needs the same `loops` fix as `epoll_handler`.
-    #[ignore = "needs loops: re-queue a source after a panicking dispatch (issue 7.5)"]
     epoll_dispatch: EPOLL, Dispatch, Before;
 
     poll_watch_add_before: POLL, WatchAdd, Before;
     poll_watch_add_after: POLL, WatchAdd, After;
     poll_watch_remove_before: POLL, WatchRemove, Before;
     poll_watch_remove_after: POLL, WatchRemove, After;
-    // Needs the `loops` fix of issue 7.5: drop or resync a registration whose `handle`
-    // answers `Disabled` (today MainLoop keeps polling the writable socket and spins).
-    #[ignore = "needs loops: resync a registration on Delivery::Disabled (issue 7.5)"]
     poll_watch_toggled_before: POLL, WatchToggled, Before;
     poll_watch_toggled_after: POLL, WatchToggled, After;
     poll_timeout_add_after: POLL, TimeoutAdd, After;
@@ -599,14 +625,9 @@ probes! {
     poll_timeout_toggled_after: POLL, TimeoutToggled, After;
     poll_free_data: POLL, FreeData, After;
     poll_data_drop: POLL, DataDrop, After;
-    // Needs the `loops` fix of issue 7.5: re-queue a source whose dispatch panicked with data
-    // remaining (today its messages stay undispatched forever).
-    #[ignore = "needs loops: re-queue a source after a panicking dispatch (issue 7.5)"]
     poll_handler: POLL, Handler, Before;
     poll_status_fn: POLL, StatusFn, After;
     poll_wakeup: POLL, Wakeup, After;
-    // Needs the same `loops` fix as `poll_handler`.
-    #[ignore = "needs loops: re-queue a source after a panicking dispatch (issue 7.5)"]
     poll_dispatch: POLL, Dispatch, Before;
 }
 
@@ -667,17 +688,12 @@ fn due_timeouts_survive_a_panicking_watch_handler(backend: Backend) {
     timeouts.remove(&timeout).unwrap();
 }
 
-// Needs the `loops` fix of issue 7.5: a panicking handler leaves the round's due timeouts
-// to fire (today MainLoop drops them and re-arms them a period later).
 #[test]
-#[ignore = "needs loops: a panicking handler must not drop the round's due timeouts (issue 7.5)"]
 fn epoll_due_timeouts_survive_a_panicking_watch_handler() {
     due_timeouts_survive_a_panicking_watch_handler(Backend::Epoll);
 }
 
-// Needs the same `loops` fix.
 #[test]
-#[ignore = "needs loops: a panicking handler must not drop the round's due timeouts (issue 7.5)"]
 fn poll_due_timeouts_survive_a_panicking_watch_handler() {
     due_timeouts_survive_a_panicking_watch_handler(Backend::Poll);
 }
