@@ -25,6 +25,7 @@ const DISPATCH_BATCH: usize = 64;
 
 /// One thing the glue was told or did, in [`MockLoop::log`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MockEvent {
     /// A watch was added (its `add` accepted).
     WatchAdded {
