@@ -821,3 +821,38 @@ fn c17_an_edge_triggered_glue_built_on_the_toolkit_never_stalls() {
     registry.remove(&w, &mut host);
     list.remove(&w).unwrap();
 }
+
+#[test]
+fn a_registration_the_host_refuses_later_stops_polling_until_removed() {
+    let _fds = fds_shared();
+    // calloop applies registrations on its own thread and learns of EEXIST only then.
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let list = WatchList::new();
+    let w = Watch::new(fd, WatchFlags::READABLE, nop);
+    list.add(&w).unwrap();
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    reg.add(&w, &mut host).unwrap();
+    let token = reg.token_of(fd).unwrap();
+    reg.refused(
+        token,
+        io::Error::from(io::ErrorKind::AlreadyExists),
+        &mut host,
+    );
+    assert_eq!(
+        host.take(),
+        [format!("register {fd} r"), format!("deregister {fd}")]
+    );
+    assert_eq!(
+        (reg.registered(), reg.token_of(fd), reg.dropped()),
+        (0, None, 1)
+    );
+    let mut out = Vec::new();
+    assert_eq!(
+        reg.ready(token, WatchFlags::READABLE, &mut host, &mut out),
+        0
+    );
+    reg.remove(&w, &mut host);
+    assert_eq!(reg.watches(), 0);
+    list.remove(&w).unwrap();
+}

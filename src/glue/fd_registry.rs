@@ -417,6 +417,20 @@ impl<R> FdRegistry<R> {
         }
     }
 
+    /// The host loop refused `token`'s registration after the registrar had accepted it — a
+    /// host that applies registrations later, on its own thread (calloop's loop handle is
+    /// single-threaded), learns of `EEXIST` or `EPERM` only then: stops polling the fd, with a
+    /// warning naming `error`, until every watch on it is removed. A registration the host
+    /// refuses inside [`Registrar::register`] needs no such call: the registry sees the error.
+    pub fn refused<H>(&mut self, token: Token, error: io::Error, host: &mut H)
+    where
+        H: Registrar<Registration = R>,
+    {
+        if let Some(key) = self.live_key(token) {
+            self.retire(key, Failure::Refused(error), host);
+        }
+    }
+
     /// Narrows every registration that is wider than what its enabled watches want (an fd
     /// whose watches are all disabled keeps its registration until it reports something).
     /// Call it before the host loop blocks, if it has such a point; without it narrowing
