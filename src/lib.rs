@@ -87,6 +87,7 @@
 //! of watch lists — uses [`handles::HandleTable`], which runs on every loop; with the
 //! `libvirt` feature, `libvirt::register` puts the real libvirt on it.
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg(unix)]
 
 mod callout;
@@ -103,6 +104,7 @@ mod timeout;
 mod wakeup;
 mod watch;
 
+pub mod adapters;
 pub mod contract;
 #[cfg(feature = "dbus")]
 pub mod dbus;

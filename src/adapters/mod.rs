@@ -1,0 +1,16 @@
+//! Ready glue for host event loops, one module per loop, each behind a Cargo feature of the
+//! same name and built only on the crate's public API and the [`glue`](crate::glue) toolkit
+//! (each could be its own crate).
+//!
+//! | feature | module | host loop | shape |
+//! |---|---|---|---|
+//! | `calloop` | `adapters::calloop` | a `calloop::EventLoop` | an inserted event source; one level-triggered `Generic` per fd, one `Timer` |
+//! | `glib` | `adapters::glib` | any `glib::MainContext` | unix fd and timeout `GSource`s; dispatch after handlers or from an idle source |
+//!
+//! Every adapter has the same shape: `attach(source)` returns an attachment, and dropping it
+//! detaches the source, unregistering every fd before the producer can close it (C15). Each
+//! passes [`testing::run_all`](crate::testing::run_all).
+
+#[cfg(feature = "glib")]
+#[cfg_attr(docsrs, doc(cfg(feature = "glib")))]
+pub mod glib;
