@@ -11,6 +11,9 @@
 //! detaches the source, unregistering every fd before the producer can close it (C15). Each
 //! passes [`testing::run_all`](crate::testing::run_all).
 
+#[cfg(feature = "calloop")]
+#[cfg_attr(docsrs, doc(cfg(feature = "calloop")))]
+pub mod calloop;
 #[cfg(feature = "glib")]
 #[cfg_attr(docsrs, doc(cfg(feature = "glib")))]
 pub mod glib;
