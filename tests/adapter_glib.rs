@@ -32,9 +32,10 @@ impl GlibHarness {
     fn new() -> GlibHarness {
         let context = MainContext::new();
         // A tick bounds every blocking iteration, so `done` is checked every few ms.
-        let tick = glib::timeout_source_new(Duration::from_millis(5), None, glib::Priority::LOW, || {
-            ControlFlow::Continue
-        });
+        let tick =
+            glib::timeout_source_new(Duration::from_millis(5), None, glib::Priority::LOW, || {
+                ControlFlow::Continue
+            });
         tick.attach(Some(&context));
         GlibHarness {
             glue: GlibGlue::new(&context),
@@ -65,10 +66,7 @@ impl Harness for GlibHarness {
             .iter()
             .position(|a| a.source().data().id() == id)
         {
-            self.attached
-                .swap_remove(i)
-                .detach()
-                .map_err(|(_, e)| e)?;
+            self.attached.swap_remove(i).detach().map_err(|(_, e)| e)?;
         }
         Ok(())
     }
@@ -93,9 +91,10 @@ impl Harness for GlibHarness {
 
 fn iterate_until(context: &MainContext, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + LIMIT;
-    let tick = glib::timeout_source_new(Duration::from_millis(5), None, glib::Priority::LOW, || {
-        ControlFlow::Continue
-    });
+    let tick =
+        glib::timeout_source_new(Duration::from_millis(5), None, glib::Priority::LOW, || {
+            ControlFlow::Continue
+        });
     tick.attach(Some(context));
     let ok = loop {
         if done() {
@@ -132,7 +131,11 @@ fn echo(glue: &GlibGlue, context: &MainContext, pairs: usize, count: usize) {
         let (next, done) = (Arc::new(AtomicUsize::new(0)), Arc::clone(&finished));
         client.set_message_handler(move |c, m| {
             let seq = next.fetch_add(1, Ordering::SeqCst);
-            assert_eq!(m, format!("{pair}:{seq}").into_bytes(), "reply out of order");
+            assert_eq!(
+                m,
+                format!("{pair}:{seq}").into_bytes(),
+                "reply out of order"
+            );
             if seq + 1 < count {
                 c.send(format!("{pair}:{}", seq + 1)).unwrap();
             } else {
@@ -172,7 +175,10 @@ fn a_16_mib_message_read_2_kib_per_handle_arrives_intact() {
     let message: Vec<u8> = (0..16usize << 20).map(|i| (i % 251) as u8).collect();
     sender.send(message.clone()).unwrap();
     assert!(iterate_until(&context, || got.lock().unwrap().is_some()));
-    assert!(got.lock().unwrap().as_deref() == Some(&message[..]), "altered");
+    assert!(
+        got.lock().unwrap().as_deref() == Some(&message[..]),
+        "altered"
+    );
     assert!(receiver.stats().bytes_received >= message.len() as u64);
 }
 
@@ -193,7 +199,9 @@ fn attaching_a_source_whose_fd_is_closed_fails_cleanly() {
     assert_eq!((glue.registered_fds(), glue.sources()), (0, 0));
     // Nothing of it is left: once its number names the socket again, it attaches.
     // SAFETY: `high` is closed and is this test's number; the peer owns it again after this.
-    let _ = unsafe { nix::unistd::dup2_raw(&ours, high) }.unwrap().into_raw_fd();
+    let _ = unsafe { nix::unistd::dup2_raw(&ours, high) }
+        .unwrap()
+        .into_raw_fd();
     let again = glue.attach(Arc::new(peer.clone())).unwrap();
     assert_eq!(glue.registered_fds(), 1);
     drop(again);
@@ -243,7 +251,9 @@ fn a_context_iterated_by_another_thread_runs_what_this_thread_attaches() {
     // Sent from this thread: only queued, and the runner is woken to write it (C16).
     for i in 0..20u32 {
         client.send(i.to_le_bytes().to_vec()).unwrap();
-        let reply = reply_rx.recv_timeout(LIMIT).expect("echo from the context's thread");
+        let reply = reply_rx
+            .recv_timeout(LIMIT)
+            .expect("echo from the context's thread");
         assert_eq!(reply, i.to_le_bytes());
     }
     drop((_c, _s));
@@ -261,8 +271,7 @@ fn a_server_attaches_connections_from_inside_its_handler_and_detaches_them_on_di
     let path = dir.join("server.sock");
     let _ = std::fs::remove_file(&path);
     let server =
-        Server::from_listener(UnixListener::bind(&path).unwrap(), ServerConfig::default())
-            .unwrap();
+        Server::from_listener(UnixListener::bind(&path).unwrap(), ServerConfig::default()).unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let (g, count) = (glue.clone(), Arc::clone(&accepted));
     server.set_new_connection_function(move |conn| {
@@ -285,7 +294,10 @@ fn a_server_attaches_connections_from_inside_its_handler_and_detaches_them_on_di
             assert_eq!(m, b"hello");
             seen.fetch_add(1, Ordering::SeqCst);
         });
-        clients.push((glue.attach(Arc::new(client.clone())).unwrap(), client.clone()));
+        clients.push((
+            glue.attach(Arc::new(client.clone())).unwrap(),
+            client.clone(),
+        ));
         client.send(b"hello".to_vec()).unwrap();
     }
     assert!(iterate_until(&context, || replies.load(Ordering::SeqCst) == 3));
@@ -311,7 +323,11 @@ fn timeouts_never_due_are_never_armed_and_a_restart_rearms() {
     let fifty_days = Timeout::new(Duration::from_secs(50 * 86_400), || panic!("not yet"));
     peer.timeouts().add(&never).unwrap();
     peer.timeouts().add(&fifty_days).unwrap();
-    assert_eq!(glue.armed_timeouts(), 0, "beyond GLib's u32 milliseconds is never");
+    assert_eq!(
+        glue.armed_timeouts(),
+        0,
+        "beyond GLib's u32 milliseconds is never"
+    );
 
     let fired = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&fired);
@@ -340,9 +356,13 @@ fn a_closed_fd_reporting_nval_is_dropped_not_spun_on() {
     let (doomed, _other) = UnixStream::pair().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&calls);
-    let watch = loopglue::Watch::new(doomed.as_raw_fd(), loopglue::WatchFlags::READABLE, move |_| {
-        count.fetch_add(1, Ordering::SeqCst);
-    });
+    let watch = loopglue::Watch::new(
+        doomed.as_raw_fd(),
+        loopglue::WatchFlags::READABLE,
+        move |_| {
+            count.fetch_add(1, Ordering::SeqCst);
+        },
+    );
     peer.watches().add(&watch).unwrap();
     assert_eq!(glue.registered_fds(), 2);
     drop(doomed); // the producer's bug: closed while its watch is registered (C15)
@@ -404,6 +424,9 @@ fn a_handler_that_iterates_the_context_is_reentered_safely() {
     (&theirs).write_all(&[7u8; 10]).unwrap();
     assert!(iterate_until(&context, || peer.received_len() == 10));
     assert_eq!(peer.received(), [7u8; 10]);
-    assert!(deepest.load(Ordering::SeqCst) >= 2, "no nested dispatch happened");
+    assert!(
+        deepest.load(Ordering::SeqCst) >= 2,
+        "no nested dispatch happened"
+    );
     peer.watches().remove(&nester).unwrap();
 }
