@@ -463,3 +463,35 @@ fn dropping_the_loop_detaches_everything() {
     assert_eq!(conn.stats().messages_received, 1);
     let _ = b.as_raw_fd();
 }
+
+#[test]
+fn data_remaining_is_dispatched_without_fd_activity() {
+    let mut event_loop: EventLoop<'_, ()> = EventLoop::try_new().unwrap();
+    let glue = CalloopGlue::insert(&event_loop.handle()).unwrap();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    // Work queued before the attach: the glue reads the status once (C16).
+    peer.post(b"early ");
+    let _a = glue.attach(Arc::new(peer.clone())).unwrap();
+    let mut got = Vec::new();
+    let mut drain = |got: &mut Vec<u8>| {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = io::Read::read(&mut theirs, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    assert!(dispatch_until(&mut event_loop, &mut (), |_| {
+        drain(&mut got);
+        got == b"early "
+    }));
+    // Work queued on the loop's thread outside any handler: dispatched before calloop sleeps.
+    peer.post(b"late");
+    assert!(dispatch_until(&mut event_loop, &mut (), |_| {
+        drain(&mut got);
+        got == b"early late"
+    }));
+}

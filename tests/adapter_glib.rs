@@ -430,3 +430,35 @@ fn a_handler_that_iterates_the_context_is_reentered_safely() {
     );
     peer.watches().remove(&nester).unwrap();
 }
+
+#[test]
+fn data_remaining_is_dispatched_without_fd_activity() {
+    let context = MainContext::new();
+    let glue = GlibGlue::new(&context);
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    // Work queued before the attach: the glue reads the status once (C16).
+    peer.post(b"early ");
+    let _a = glue.attach(Arc::new(peer.clone())).unwrap();
+    let mut got = Vec::new();
+    let mut drain = |got: &mut Vec<u8>| {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = io::Read::read(&mut theirs, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    assert!(iterate_until(&context, || {
+        drain(&mut got);
+        got == b"early "
+    }));
+    // Work queued on the context's thread outside any handler: an idle source dispatches it.
+    peer.post(b"late");
+    assert!(iterate_until(&context, || {
+        drain(&mut got);
+        got == b"early late"
+    }));
+}
