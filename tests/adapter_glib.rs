@@ -462,3 +462,27 @@ fn data_remaining_is_dispatched_without_fd_activity() {
         got == b"early late"
     }));
 }
+
+#[test]
+fn a_panicking_handler_is_stopped_at_glibs_boundary_and_loses_nothing() {
+    // A panic cannot unwind through GLib's C frames: the glue catches it there (the panic hook
+    // reports it), and the message queued behind the panicking one is still delivered.
+    let context = MainContext::new();
+    let glue = GlibGlue::new(&context);
+    let (a, b) = UnixStream::pair().unwrap();
+    let conn = Connection::from_stream(a).unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&seen);
+    conn.set_message_handler(move |_, m| {
+        count.fetch_add(1, Ordering::SeqCst);
+        if m == b"boom" {
+            panic!("message handler");
+        }
+    });
+    let _a = glue.attach(Arc::new(conn.clone())).unwrap();
+    let peer = Connection::from_stream(b).unwrap();
+    let _p = glue.attach(Arc::new(peer.clone())).unwrap();
+    peer.send(b"boom".to_vec()).unwrap();
+    peer.send(b"after".to_vec()).unwrap();
+    assert!(iterate_until(&context, || seen.load(Ordering::SeqCst) == 2));
+}

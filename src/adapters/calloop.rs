@@ -698,6 +698,9 @@ impl Shared {
             }
         }
         if let Err(payload) = ran {
+            // The panic may have come from a status function and taken a `DataRemains`
+            // notification with it: every source's status is read again before calloop sleeps.
+            self.attachments.queue().schedule_all();
             self.attention.store(true, Ordering::SeqCst);
             panic::resume_unwind(payload);
         }
@@ -875,6 +878,7 @@ impl<'l, Data: 'l> EventSource for Control<'l, Data> {
             })
             .map_err(io::Error::other)?;
         if let Some(payload) = panicked {
+            self.shared.attachments.queue().schedule_all();
             self.shared.attention.store(true, Ordering::SeqCst);
             panic::resume_unwind(payload);
         }
