@@ -502,6 +502,14 @@ impl<R> FdRegistry<R> {
         Some(Token::new(key, self.entries[key].generation))
     }
 
+    /// The host's registration value of a live `token` (what [`Registrar::register`]
+    /// returned), while the fd is registered — for a glue that polls its registrations
+    /// itself, such as tokio's `AsyncFd` per fd, and so needs no side table keyed by token.
+    pub fn registration(&self, token: Token) -> Option<&R> {
+        let key = self.live_key(token)?;
+        self.entries[key].registration.as_ref().map(|(r, _)| r)
+    }
+
     /// The fd a live `token` stands for.
     pub fn fd(&self, token: Token) -> Option<RawFd> {
         self.live_key(token).map(|key| self.entries[key].fd)
