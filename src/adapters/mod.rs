@@ -6,6 +6,8 @@
 //! |---|---|---|---|
 //! | `calloop` | `adapters::calloop` | a `calloop::EventLoop` | an inserted event source; one level-triggered `Generic` per fd, one `Timer` |
 //! | `glib` | `adapters::glib` | any `glib::MainContext` | unix fd and timeout `GSource`s; dispatch after handlers or from an idle source |
+//! | `mio` | `adapters::mio` | a `mio::Poll` the application runs | fds on tokens from the application's range; `process(&Events)` after each poll, `poll_timeout` before it |
+//! | `tokio` | `adapters::tokio` | a tokio runtime (current-thread or multi-thread) | one driver task per source; one `AsyncFd` per fd; timers on tokio's clock |
 //!
 //! Every adapter has the same shape: `attach(source)` returns an attachment, and dropping it
 //! detaches the source, unregistering every fd before the producer can close it (C15). Each
@@ -17,3 +19,6 @@ pub mod calloop;
 #[cfg(feature = "glib")]
 #[cfg_attr(docsrs, doc(cfg(feature = "glib")))]
 pub mod glib;
+#[cfg(feature = "mio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mio")))]
+pub mod mio;

@@ -1,0 +1,780 @@
+//! Glue for a [`mio::Poll`](::mio::Poll) that the application owns and runs.
+//!
+//! The application keeps its `Poll` and its own loop; [`MioGlue`] registers the fds of attached
+//! sources with the poll's [`Registry`] on tokens from a range the application sets aside, and
+//! the loop hands it what the poll returned:
+//!
+//! 1. before each `poll`, take the timeout from [`MioGlue::poll_timeout`] (zero while work
+//!    is pending, else until the next timeout is due, `None` to block);
+//! 2. after each `poll`, call [`MioGlue::process`] with the events: it handles the ready
+//!    watches of its tokens (and ignores every other token), fires the due timeouts and
+//!    dispatches sources with queued work (C16).
+//!
+//! What the glue takes care of:
+//!
+//! * **One registration per fd** (C18): the watches of an fd are merged, across sources too,
+//!   and the registration follows their enabled state.
+//! * **Level-triggered delivery on an edge-triggered poll** (C17): mio reports an fd once per
+//!   edge, but a producer may read only part of what is ready per `handle` (libdbus reads
+//!   2 KiB). After an fd's handlers ran, the glue polls it once without blocking; if it is
+//!   still ready, it is handled again on the next `process` — after the application's loop
+//!   went round once, so one busy fd cannot starve the others — and `poll_timeout` is zero
+//!   meanwhile.
+//! * **Timeouts** on a fixed-delay period, restarted with the current interval when enabled
+//!   (C9, C10); an interval too large for the clock is never due.
+//! * **Wakeups** (C16): a source that queues work from another thread, or a timeout changed
+//!   from another thread, wakes the poll through a [`mio::Waker`](::mio::Waker) — the glue's
+//!   own on the first token of its range ([`MioGlue::new`]), or the application's
+//!   ([`MioGlue::with_waker`]: mio allows one waker per poll). While `process` runs, nothing
+//!   is woken: the loop will ask `poll_timeout` before it blocks.
+//! * **Removal before close** (C15): an [`Attachment`] dropped, a watch removed or a source
+//!   detached is deregistered before the call returns. A registration whose fd was closed, or
+//!   whose number now names another file, is never deregistered by number, so the glue cannot
+//!   remove a registration that the application made for a new file on a recycled number.
+//!
+//! Handlers, timeouts and dispatches run inside `process`, on the application's thread, with
+//! no lock held (C11): they may attach and detach sources, this one included.
+//!
+//! # Examples
+//!
+//! An echo over a socketpair: a [`Connection`](crate::net::Connection) on each end, both
+//! attached to one glue, and the application's own loop.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::time::{Duration, Instant};
+//! use loopglue::adapters::mio::MioGlue;
+//! use loopglue::net::Connection;
+//! use mio::{Events, Poll, Token};
+//!
+//! let mut poll = Poll::new()?;
+//! // Tokens 0..1000 are the application's; the glue takes 1000..2000 (its waker on 1000).
+//! let glue = MioGlue::new(poll.registry(), Token(1000)..Token(2000))?;
+//!
+//! let (a, b) = std::os::unix::net::UnixStream::pair()?;
+//! let (client, service) = (Connection::from_stream(a)?, Connection::from_stream(b)?);
+//! service.set_message_handler(|conn, message| {
+//!     let _ = conn.send(message); // echo
+//! });
+//! let replies = Arc::new(AtomicUsize::new(0));
+//! let counter = Arc::clone(&replies);
+//! client.set_message_handler(move |_, message| {
+//!     assert_eq!(message, b"ping");
+//!     counter.fetch_add(1, Ordering::SeqCst);
+//! });
+//! let _client = glue.attach(Arc::new(client.clone()))?;
+//! let _service = glue.attach(Arc::new(service))?;
+//!
+//! client.send(b"ping".to_vec()).expect("connected");
+//! let mut events = Events::with_capacity(64);
+//! let deadline = Instant::now() + Duration::from_secs(10);
+//! while replies.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+//!     let timeout = glue.poll_timeout().unwrap_or(Duration::from_secs(1));
+//!     poll.poll(&mut events, Some(timeout.min(Duration::from_secs(1))))?;
+//!     glue.process(&events);
+//! }
+//! assert_eq!(replies.load(Ordering::SeqCst), 1);
+//! // Dropping the attachments (or the glue) deregisters everything.
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Errors
+//!
+//! [`MioGlue::attach`] fails, with nothing left installed, when a source cannot be registered:
+//! its fd is closed (`EBADF`), the application already registered that fd with the same
+//! poll (`EEXIST`, [`io::ErrorKind::AlreadyExists`]), the fd is a regular file (`EPERM`), the
+//! token range is used up, or the source is attached already (here or to another loop built
+//! on [`glue`](crate::glue)).
+
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use ::mio::event::Event;
+use ::mio::unix::SourceFd;
+use ::mio::{Events, Interest, Registry, Token as MioToken, Waker};
+use parking_lot::{Mutex, MutexGuard};
+use slab::Slab;
+
+use crate::glue::{Attachments, FdRegistry, Registrar, TimerQueue, Token};
+use crate::{
+    Delivery, Source, Timeout, TimeoutFunctions, WakeupFn, Watch, WatchFlags, WatchFunctions,
+};
+
+/// How many times one source is dispatched per `process` before the others get their turn.
+const DISPATCH_BATCH: usize = 64;
+
+/// Glue between attached sources and a [`mio::Poll`](::mio::Poll) that the application owns:
+/// see the [module documentation](self).
+///
+/// `MioGlue` is `Send + Sync`: sources may be attached, and their watches and timeouts
+/// changed, from any thread. One thread at a time calls [`process`](Self::process) — the
+/// thread that polls. Dropping the glue detaches every source still attached.
+#[must_use = "dropping the glue detaches every source"]
+pub struct MioGlue {
+    inner: Arc<Inner>,
+}
+
+/// A source attached to a [`MioGlue`]. Dropping it detaches the source:
+/// every function the glue installed is uninstalled and every registration removed before
+/// the drop returns.
+#[must_use = "dropping the attachment detaches the source"]
+pub struct Attachment {
+    glue: Weak<Inner>,
+    source: Option<Arc<dyn Source>>,
+}
+
+struct Inner {
+    registry: Registry,
+    waker: Arc<Waker>,
+    /// The token of the glue's own waker, if it made one.
+    waker_token: Option<usize>,
+    /// The tokens for fds: `first..end`.
+    first: usize,
+    end: usize,
+    state: Mutex<State>,
+    attachments: Attachments,
+    /// `process` is running: the application's loop will ask `poll_timeout` before it blocks
+    /// again, so a change needs no wakeup (libdbus calls the wakeup function per message).
+    processing: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    fds: FdRegistry<Slot>,
+    /// mio token (as an offset from `first`) → the registry's token.
+    slots: Slab<Token>,
+    timers: TimerQueue,
+    /// Registrations still ready after their handlers ran (C17), with what was ready: handled
+    /// again by the next `process`, and `poll_timeout` is zero until then.
+    again: Vec<(Token, WatchFlags)>,
+    /// Buffers reused across rounds; `process` takes them out for a round.
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    reports: Vec<(Token, WatchFlags)>,
+    /// The tokens of `reports` that had watches to handle.
+    handled: Vec<Token>,
+    batch: Vec<(Watch, WatchFlags)>,
+    handle: Vec<(Token, Watch, WatchFlags)>,
+}
+
+/// One registration with the poll: its token's offset, and the file it was made for.
+struct Slot {
+    index: usize,
+    file: Option<FileId>,
+}
+
+/// The device and inode of the file an fd names.
+type FileId = (u64, u64);
+
+/// The application's poll as the fd registry's host.
+struct Host<'a> {
+    registry: &'a Registry,
+    slots: &'a mut Slab<Token>,
+    first: usize,
+    capacity: usize,
+}
+
+fn file_id(fd: RawFd) -> Option<FileId> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fstat only reads the fd table; a closed number makes it fail with EBADF. The
+    // borrow lives for this one call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    nix::sys::stat::fstat(fd)
+        .ok()
+        .map(|stat| (stat.st_dev as u64, stat.st_ino as u64))
+}
+
+fn interest(flags: WatchFlags) -> Interest {
+    match (
+        flags.contains(WatchFlags::READABLE),
+        flags.contains(WatchFlags::WRITABLE),
+    ) {
+        (true, true) => Interest::READABLE | Interest::WRITABLE,
+        (false, true) => Interest::WRITABLE,
+        // The registry never asks for nothing; errors and hang-ups come with either.
+        _ => Interest::READABLE,
+    }
+}
+
+/// What a mio event says, as the flags `Watch::handle` takes. A hang-up is both directions
+/// closed (`EPOLLHUP`); a peer that only shut down its writing side is plain readable, as
+/// poll(2) reports it.
+fn condition(event: &Event) -> WatchFlags {
+    let mut condition = WatchFlags::empty();
+    if event.is_readable() {
+        condition |= WatchFlags::READABLE;
+    }
+    if event.is_writable() {
+        condition |= WatchFlags::WRITABLE;
+    }
+    if event.is_error() {
+        condition |= WatchFlags::ERROR;
+    }
+    if event.is_read_closed() && event.is_write_closed() {
+        condition |= WatchFlags::HANGUP;
+    }
+    condition
+}
+
+/// Adds which fd and poll to a refusal, keeping the error kind (and `EBADF` as it is: the
+/// registry reads it as "closed").
+fn refused(error: io::Error, fd: RawFd) -> io::Error {
+    match error.raw_os_error() {
+        Some(nix::libc::EBADF) => error,
+        Some(nix::libc::EEXIST) => io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "fd {fd} is already registered with this mio poll (by the application or \
+                 another glue): {error}"
+            ),
+        ),
+        _ => io::Error::new(
+            error.kind(),
+            format!("the mio poll refused fd {fd}: {error}"),
+        ),
+    }
+}
+
+impl Registrar for Host<'_> {
+    type Registration = Slot;
+
+    fn register(&mut self, fd: RawFd, token: Token, wanted: WatchFlags) -> io::Result<Slot> {
+        let index = self.slots.vacant_key();
+        if index >= self.capacity {
+            return Err(io::Error::other(format!(
+                "the glue's {} mio tokens are all in use",
+                self.capacity
+            )));
+        }
+        let file = file_id(fd);
+        self.registry
+            .register(
+                &mut SourceFd(&fd),
+                MioToken(self.first + index),
+                interest(wanted),
+            )
+            .map_err(|e| refused(e, fd))?;
+        self.slots.insert(token);
+        Ok(Slot { index, file })
+    }
+
+    fn reregister(
+        &mut self,
+        slot: &mut Slot,
+        fd: RawFd,
+        _: Token,
+        wanted: WatchFlags,
+    ) -> io::Result<()> {
+        // Errors as they are: the registry reads ENOENT and EBADF.
+        self.registry.reregister(
+            &mut SourceFd(&fd),
+            MioToken(self.first + slot.index),
+            interest(wanted),
+        )
+    }
+
+    fn deregister(&mut self, slot: Slot, fd: RawFd, _: Token) {
+        self.slots.try_remove(slot.index);
+        // Only by number while the number still names the file registered: a closed fd was
+        // forgotten by the kernel, and a recycled number may be registered by the
+        // application for its new file (C15 broken by a producer).
+        if slot.file.is_some() && file_id(fd) == slot.file {
+            let _ = self.registry.deregister(&mut SourceFd(&fd));
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock()
+    }
+
+    /// Wakes the poll unless `process` is running (then the loop asks `poll_timeout` before
+    /// it blocks again).
+    fn nudge(&self) {
+        if !self.processing.load(Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    fn with_host<T>(&self, f: impl FnOnce(&mut FdRegistry<Slot>, &mut Host<'_>) -> T) -> T {
+        let mut state = self.lock();
+        let State { fds, slots, .. } = &mut *state;
+        let mut host = Host {
+            registry: &self.registry,
+            slots,
+            first: self.first,
+            capacity: self.end - self.first,
+        };
+        f(fds, &mut host)
+    }
+}
+
+impl MioGlue {
+    /// Glue for the poll of `registry`, on the tokens in `tokens`: the first for its own
+    /// [`mio::Waker`](::mio::Waker), the rest for fds (one per fd, whatever its watches).
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] if the range has fewer than two tokens; otherwise why
+    /// the registry cannot be cloned or the waker made.
+    pub fn new(registry: &Registry, tokens: Range<MioToken>) -> io::Result<MioGlue> {
+        if tokens.end.0 <= tokens.start.0.saturating_add(1) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the glue needs at least two tokens: one for its waker, one per fd",
+            ));
+        }
+        let waker = Arc::new(Waker::new(registry, tokens.start)?);
+        MioGlue::build(
+            registry,
+            tokens.start.0 + 1..tokens.end.0,
+            waker,
+            Some(tokens.start.0),
+        )
+    }
+
+    /// Glue for the poll of `registry` that wakes it with the application's `waker` (mio
+    /// allows one waker per poll), with every token in `tokens` for fds.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] if the range is empty; otherwise why the registry
+    /// cannot be cloned.
+    pub fn with_waker(
+        registry: &Registry,
+        tokens: Range<MioToken>,
+        waker: Arc<Waker>,
+    ) -> io::Result<MioGlue> {
+        if tokens.end.0 <= tokens.start.0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the glue needs at least one token",
+            ));
+        }
+        MioGlue::build(registry, tokens.start.0..tokens.end.0, waker, None)
+    }
+
+    fn build(
+        registry: &Registry,
+        fds: Range<usize>,
+        waker: Arc<Waker>,
+        waker_token: Option<usize>,
+    ) -> io::Result<MioGlue> {
+        let registry = registry.try_clone()?;
+        Ok(MioGlue {
+            inner: Arc::new_cyclic(|weak: &Weak<Inner>| {
+                let weak = weak.clone();
+                Inner {
+                    registry,
+                    waker,
+                    waker_token,
+                    first: fds.start,
+                    end: fds.end,
+                    state: Mutex::new(State::default()),
+                    attachments: Attachments::new(move || {
+                        if let Some(inner) = weak.upgrade() {
+                            inner.nudge();
+                        }
+                    }),
+                    processing: AtomicBool::new(false),
+                }
+            }),
+        })
+    }
+
+    /// Runs `source` on this glue: installs its watch, timeout, wakeup and dispatch-status
+    /// functions and registers its enabled watches, then reads its dispatch status once
+    /// (C16). The source runs until the returned [`Attachment`] is dropped or detached.
+    ///
+    /// May be called from any thread, and from inside a handler.
+    ///
+    /// # Errors
+    ///
+    /// See the [module documentation](self#errors); nothing stays installed then.
+    ///
+    /// # Panics
+    ///
+    /// If the source's code panics; nothing stays installed then either.
+    pub fn attach(&self, source: Arc<dyn Source>) -> io::Result<Attachment> {
+        let weak = Arc::downgrade(&self.inner);
+        let waking = weak.clone();
+        let wakeup: WakeupFn = Box::new(move || {
+            if let Some(inner) = waking.upgrade() {
+                inner.nudge();
+            }
+        });
+        self.inner.attachments.attach(
+            Arc::clone(&source),
+            Box::new(MioWatches(weak.clone())),
+            Box::new(MioTimeouts(weak.clone())),
+            Some(wakeup),
+        )?;
+        Ok(Attachment {
+            glue: weak,
+            source: Some(source),
+        })
+    }
+
+    /// How long the application's `poll` may block: zero while fds are still ready (C17) or
+    /// sources have work to dispatch, else until the next timeout is due; `None` if no timeout
+    /// is armed (block until an event). Take the smaller of this and the loop's own timeout.
+    ///
+    /// Call it just before polling: it also narrows registrations that are wider than their
+    /// enabled watches want.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let inner = &*self.inner;
+        let wait = {
+            let mut state = inner.lock();
+            let state = &mut *state;
+            let mut host = Host {
+                registry: &inner.registry,
+                slots: &mut state.slots,
+                first: inner.first,
+                capacity: inner.end - inner.first,
+            };
+            state.fds.flush(&mut host);
+            if !state.again.is_empty() {
+                return Some(Duration::ZERO);
+            }
+            state.timers.wait_time(Instant::now())
+        };
+        if inner.attachments.queue().is_pending() {
+            return Some(Duration::ZERO);
+        }
+        wait
+    }
+
+    /// When the next timeout falls due (now, if fds are still ready or sources have work to
+    /// dispatch), or `None` if nothing is armed: for loops that compute their own timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.poll_timeout().map(|wait| Instant::now() + wait)
+    }
+
+    /// Whether `token` is one of the glue's (its waker's or an fd's): events for other tokens
+    /// are the application's.
+    pub fn owns(&self, token: MioToken) -> bool {
+        let inner = &*self.inner;
+        Some(token.0) == inner.waker_token || (inner.first..inner.end).contains(&token.0)
+    }
+
+    /// Handles what a `poll` returned: the ready watches of the glue's tokens (other tokens
+    /// are ignored), then the fds still ready from the last round (C17), then the due
+    /// timeouts, then the dispatch of sources with queued work. Call it after every `poll`,
+    /// with whatever events it returned (none, if it timed out). Returns how many handlers
+    /// and dispatches ran.
+    ///
+    /// # Panics
+    ///
+    /// If a handler panics. The glue stays usable: the fds of the round are re-checked and
+    /// handled again next time, timeouts not fired yet stay due, and every source's status is
+    /// read again.
+    pub fn process(&self, events: &Events) -> usize {
+        let inner = &*self.inner;
+        inner.processing.store(true, Ordering::SeqCst);
+        struct Processing<'a>(&'a AtomicBool);
+        impl Drop for Processing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let _processing = Processing(&inner.processing);
+
+        let (mut scratch, due) = {
+            let mut state = inner.lock();
+            let state = &mut *state;
+            let mut scratch = std::mem::take(&mut state.scratch);
+            scratch.reports.append(&mut state.again);
+            for event in events.iter() {
+                let mio_token = event.token().0;
+                if mio_token < inner.first || mio_token >= inner.end {
+                    continue; // the waker's, or the application's
+                }
+                let Some(&token) = state.slots.get(mio_token - inner.first) else {
+                    continue; // deregistered since the poll
+                };
+                let now = condition(event);
+                match scratch.reports.iter_mut().find(|(t, _)| *t == token) {
+                    Some((_, known)) => *known |= now,
+                    None => scratch.reports.push((token, now)),
+                }
+            }
+            let mut host = Host {
+                registry: &inner.registry,
+                slots: &mut state.slots,
+                first: inner.first,
+                capacity: inner.end - inner.first,
+            };
+            for &(token, condition) in &scratch.reports {
+                if state
+                    .fds
+                    .ready(token, condition, &mut host, &mut scratch.batch)
+                    > 0
+                {
+                    scratch.handled.push(token);
+                }
+                let batch = scratch.batch.drain(..);
+                scratch
+                    .handle
+                    .extend(batch.map(|(watch, condition)| (token, watch, condition)));
+            }
+            let due = if state.timers.is_empty() {
+                0
+            } else {
+                state.timers.collect_due(Instant::now())
+            };
+            (scratch, due)
+        };
+
+        // Producer code from here on: no lock held (C11).
+        let ran = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.handle_round(&scratch.handle, &scratch.handled, due)
+        }));
+        let panicked = ran.is_err();
+        {
+            let mut state = inner.lock();
+            let state = &mut *state;
+            if panicked {
+                // The round's fds may hold data no edge will announce again: re-check them all.
+                let mut host = Host {
+                    registry: &inner.registry,
+                    slots: &mut state.slots,
+                    first: inner.first,
+                    capacity: inner.end - inner.first,
+                };
+                for &(token, _) in &scratch.reports {
+                    let recheck = state.fds.recheck(token, &mut host);
+                    if recheck.again() && !state.again.iter().any(|(t, _)| *t == token) {
+                        state.again.push((token, recheck.ready()));
+                    }
+                }
+            }
+            scratch.handle.clear();
+            scratch.handled.clear();
+            scratch.reports.clear();
+            scratch.batch.clear();
+            state.scratch = scratch;
+        }
+        match ran {
+            Ok(ran) => ran,
+            Err(payload) => {
+                inner.attachments.queue().schedule_all();
+                panic::resume_unwind(payload)
+            }
+        }
+    }
+
+    fn handle_round(
+        &self,
+        ready: &[(Token, Watch, WatchFlags)],
+        handled: &[Token],
+        due: usize,
+    ) -> usize {
+        let inner = &*self.inner;
+        let mut ran = 0;
+        for (token, watch, condition) in ready {
+            match watch.handle(*condition) {
+                Delivery::Delivered => ran += 1,
+                Delivery::NotRequested => {}
+                // The glue missed (or raced) a remove or a toggle: resync.
+                delivery @ (Delivery::Removed | Delivery::Disabled) => {
+                    inner.with_host(|fds, host| fds.report(*token, watch, delivery, host));
+                }
+            }
+        }
+        // Level-triggered emulation (C17): whatever a handler left unread, no edge announces
+        // again. Still ready: handled again next round, after the loop went round once.
+        if !handled.is_empty() {
+            let mut state = inner.lock();
+            let state = &mut *state;
+            let mut host = Host {
+                registry: &inner.registry,
+                slots: &mut state.slots,
+                first: inner.first,
+                capacity: inner.end - inner.first,
+            };
+            for &token in handled {
+                let recheck = state.fds.recheck(token, &mut host);
+                if recheck.again() {
+                    state.again.push((token, recheck.ready()));
+                }
+            }
+        }
+        if due > 0 {
+            loop {
+                // Fixed delay (C10): the next period starts as `handle` is called.
+                let next = inner.lock().timers.next_due(Instant::now());
+                let Some(timeout) = next else { break };
+                if timeout.handle() == Delivery::Delivered {
+                    ran += 1;
+                }
+            }
+        }
+        // Dispatch last, so that what the handlers above queued is dispatched this round.
+        ran + inner.attachments.queue().run(DISPATCH_BATCH)
+    }
+
+    /// How many fds are registered with the poll.
+    pub fn registered_fds(&self) -> usize {
+        self.inner.lock().fds.registered()
+    }
+
+    /// How many timeouts the glue tracks.
+    pub fn timeouts(&self) -> usize {
+        self.inner.lock().timers.len()
+    }
+
+    /// How many sources are attached.
+    pub fn sources(&self) -> usize {
+        self.inner.attachments.len()
+    }
+
+    /// The waker the glue wakes the poll with.
+    pub fn waker(&self) -> &Arc<Waker> {
+        &self.inner.waker
+    }
+}
+
+impl Drop for MioGlue {
+    /// Detaches every source still attached (deregistering its fds) while the glue's functions
+    /// can still reach the glue.
+    fn drop(&mut self) {
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.inner.attachments.detach_all();
+        }));
+        self.inner.with_host(|fds, host| fds.clear(host));
+    }
+}
+
+impl Attachment {
+    /// The attached source.
+    pub fn source(&self) -> &Arc<dyn Source> {
+        self.source
+            .as_ref()
+            .expect("an attachment holds its source until dropped")
+    }
+
+    /// Detaches the source now, as dropping the attachment does, and reports what went wrong.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] when called from inside one of the source's own watch
+    /// functions (not a handler: detaching from inside a handler is fine); the source then
+    /// stays attached until the glue is dropped.
+    ///
+    /// # Panics
+    ///
+    /// If a step of the detach panics (a free-data, say), after every step has run.
+    pub fn detach(mut self) -> io::Result<()> {
+        self.detach_now()
+    }
+
+    fn detach_now(&mut self) -> io::Result<()> {
+        let Some(source) = self.source.take() else {
+            return Ok(());
+        };
+        match self.glue.upgrade() {
+            Some(inner) => inner.attachments.detach(&*source).map(drop),
+            None => Ok(()), // the glue detached everything when it was dropped
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| self.detach_now()));
+        } else {
+            let _ = self.detach_now();
+        }
+    }
+}
+
+/// The glue's watch functions, holding the glue weakly (sources hold their functions).
+struct MioWatches(Weak<Inner>);
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the MioGlue was dropped")
+}
+
+impl WatchFunctions for MioWatches {
+    fn add(&mut self, watch: &Watch) -> io::Result<()> {
+        let inner = self.0.upgrade().ok_or_else(gone)?;
+        // A new registration, or a wider one, is re-evaluated by the kernel: an fd ready
+        // now reports an edge to the poll, even one blocked on another thread.
+        inner.with_host(|fds, host| fds.add(watch, host))
+    }
+
+    fn remove(&mut self, watch: &Watch) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.with_host(|fds, host| fds.remove(watch, host));
+        }
+    }
+
+    fn toggled(&mut self, watch: &Watch) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.with_host(|fds, host| fds.toggled(watch, host));
+        }
+    }
+}
+
+struct MioTimeouts(Weak<Inner>);
+
+impl TimeoutFunctions for MioTimeouts {
+    fn add(&mut self, timeout: &Timeout) -> io::Result<()> {
+        let inner = self.0.upgrade().ok_or_else(gone)?;
+        inner.lock().timers.add(timeout, Instant::now());
+        inner.nudge();
+        Ok(())
+    }
+
+    fn remove(&mut self, timeout: &Timeout) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.lock().timers.remove(timeout);
+        }
+    }
+
+    fn toggled(&mut self, timeout: &Timeout) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.lock().timers.toggled(timeout, Instant::now());
+            inner.nudge();
+        }
+    }
+}
+
+impl fmt::Debug for MioGlue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        let state = inner.lock();
+        f.debug_struct("MioGlue")
+            .field("tokens", &(inner.first..inner.end))
+            .field("waker_token", &inner.waker_token)
+            .field("fds", &state.fds)
+            .field("timeouts", &state.timers.len())
+            .field("still_ready", &state.again.len())
+            .field("sources", &inner.attachments.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attachment")
+            .field("source", &self.source.as_ref().map(|s| s.data().id()))
+            .field("glue_alive", &(self.glue.strong_count() > 0))
+            .finish()
+    }
+}

@@ -1,0 +1,507 @@
+//! The mio adapter: the conformance scenarios, a 16 MiB message read 2 KiB per handle, bad
+//! input, the echo, and what the application's own loop relies on (its tokens left alone,
+//! the waker, the poll timeout).
+#![cfg(feature = "mio")]
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use loopglue::adapters::mio::{Attachment, MioGlue};
+use loopglue::net::{Connection, ConnectionConfig};
+use loopglue::testing::{run_all, Harness, MockLoop, SocketPeer};
+use loopglue::{Source, Timeout, Watch, WatchFlags};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+/// How long a test waits for something that must happen; a passing test never waits this long.
+const LIMIT: Duration = Duration::from_secs(10);
+
+const GLUE_TOKENS: std::ops::Range<Token> = Token(1000)..Token(1100);
+const WAKER: Token = Token(1000);
+
+/// The application's side: its poll, and the glue on tokens 1000..1100.
+struct App {
+    poll: Poll,
+    events: Events,
+    glue: Arc<MioGlue>,
+    attached: HashMap<u64, Attachment>,
+    start: Instant,
+    /// Whether the last poll returned the glue's waker event.
+    woken: bool,
+    /// Every application token (outside the glue's range) the polls returned.
+    foreign: Vec<Token>,
+}
+
+impl App {
+    fn new() -> App {
+        let poll = Poll::new().expect("poll");
+        let glue = Arc::new(MioGlue::new(poll.registry(), GLUE_TOKENS).expect("glue"));
+        App {
+            poll,
+            events: Events::with_capacity(256),
+            glue,
+            attached: HashMap::new(),
+            start: Instant::now(),
+            woken: false,
+            foreign: Vec::new(),
+        }
+    }
+
+    /// One iteration of the application's loop, waiting at most `max`.
+    fn iterate(&mut self, max: Duration) -> usize {
+        let wait = self.glue.poll_timeout().map_or(max, |w| w.min(max));
+        self.poll.poll(&mut self.events, Some(wait)).expect("poll");
+        self.woken = self.events.iter().any(|e| e.token() == WAKER);
+        let foreign = self.events.iter().map(|e| e.token());
+        self.foreign.extend(foreign.filter(|t| !self.glue.owns(*t)));
+        self.glue.process(&self.events)
+    }
+
+    fn run(&mut self, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+        self.run_until(limit, &mut done)
+    }
+}
+
+impl Harness for App {
+    fn attach(&mut self, source: Arc<dyn Source>) -> io::Result<()> {
+        let id = source.data().id();
+        let attachment = self.glue.attach(source)?;
+        self.attached.insert(id, attachment);
+        Ok(())
+    }
+
+    fn detach(&mut self, source: &Arc<dyn Source>) -> io::Result<()> {
+        match self.attached.remove(&source.data().id()) {
+            Some(attachment) => attachment.detach(),
+            None => Ok(()),
+        }
+    }
+
+    fn run_until(&mut self, limit: Duration, done: &mut dyn FnMut() -> bool) -> bool {
+        let end = Instant::now() + limit;
+        loop {
+            if done() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return false;
+            }
+            // Short waits: `done` may be what makes progress possible.
+            self.iterate((end - now).min(Duration::from_millis(5)));
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+fn report(failures: Vec<loopglue::testing::ScenarioFailure>) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn mio_glue_passes_every_scenario() {
+    run_all(App::new).unwrap_or_else(|f| panic!("{}", report(f)));
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// libdbus reads at most 2 KiB per `dbus_watch_handle`: on an edge-triggered poll, a 16 MiB
+/// message arrives whole only if the glue re-checks the fd after each round (C17).
+#[test]
+fn c17_a_16_mib_message_read_2_kib_per_handle_arrives_intact() {
+    let mut app = App::new();
+    let (a, b) = UnixStream::pair().unwrap();
+    let config = ConnectionConfig::new()
+        .read_budget(2048)
+        .max_frame_size(17 * 1024 * 1024);
+    let sender = Connection::from_stream_with(a, config.clone()).unwrap();
+    let receiver = Connection::from_stream_with(b, config).unwrap();
+    let got: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+    let slot = Arc::clone(&got);
+    receiver.set_message_handler(move |_, message| *slot.lock().unwrap() = Some(message));
+    app.attach(Arc::new(sender.clone())).unwrap();
+    app.attach(Arc::new(receiver.clone())).unwrap();
+
+    let message = pattern(16 * 1024 * 1024);
+    sender.send(message.clone()).unwrap();
+    let arrived = app.run(Duration::from_secs(60), || got.lock().unwrap().is_some());
+    assert!(
+        arrived,
+        "stalled after {} bytes",
+        receiver.stats().bytes_received
+    );
+    assert!(*got.lock().unwrap() == Some(message), "altered");
+}
+
+#[test]
+fn net_connection_echo_checks_every_reply() {
+    let mut app = App::new();
+    let mut clients = Vec::new();
+    let replies = Arc::new(AtomicU64::new(0));
+    let wrong = Arc::new(AtomicBool::new(false));
+    const MESSAGES: u64 = 200;
+    for c in 0..4u64 {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (client, service) = (
+            Connection::from_stream(a).unwrap(),
+            Connection::from_stream(b).unwrap(),
+        );
+        service.set_message_handler(|conn, message| conn.send(message).unwrap());
+        let (replies, wrong, next) = (
+            Arc::clone(&replies),
+            Arc::clone(&wrong),
+            Arc::new(AtomicU64::new(0)),
+        );
+        client.set_message_handler(move |conn, message| {
+            let seq = next.fetch_add(1, Ordering::SeqCst);
+            if message != [c.to_le_bytes(), seq.to_le_bytes()].concat() {
+                wrong.store(true, Ordering::SeqCst);
+            }
+            replies.fetch_add(1, Ordering::SeqCst);
+            if seq + 1 < MESSAGES {
+                conn.send([c.to_le_bytes(), (seq + 1).to_le_bytes()].concat())
+                    .unwrap();
+            }
+        });
+        app.attach(Arc::new(client.clone())).unwrap();
+        app.attach(Arc::new(service.clone())).unwrap();
+        client
+            .send([c.to_le_bytes(), 0u64.to_le_bytes()].concat())
+            .unwrap();
+        clients.push((client, service));
+    }
+    let all = app.run(LIMIT, || replies.load(Ordering::SeqCst) == 4 * MESSAGES);
+    assert!(all, "{} replies", replies.load(Ordering::SeqCst));
+    assert!(
+        !wrong.load(Ordering::SeqCst),
+        "a reply did not match its request"
+    );
+    assert_eq!(app.glue.registered_fds(), 8);
+    assert_eq!(app.glue.sources(), 8);
+    drop(clients);
+    app.attached.clear();
+    assert_eq!(app.glue.registered_fds(), 0);
+    assert_eq!(app.glue.sources(), 0);
+}
+
+/// Nothing is left of a refused attach: no registration, no function, no attachment mark —
+/// the same source attaches elsewhere afterwards.
+fn assert_nothing_left(app: &App, source: &SocketPeer) {
+    assert_eq!(app.glue.registered_fds(), 0);
+    assert_eq!(app.glue.sources(), 0);
+    let mock = MockLoop::new();
+    mock.attach(Arc::new(source.clone()))
+        .expect("the refused source attaches elsewhere");
+    assert_eq!(mock.watches().len(), 2);
+}
+
+#[test]
+fn bad_input_a_closed_fd_is_a_clear_error_and_nothing_is_left() {
+    let app = App::new();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    // A watch on a number that is closed (a producer's bug), besides the peer's own watches.
+    // On a number far above those other tests' threads are handed (they take the lowest
+    // free one), so that none reuses it before the attach.
+    let (doomed, _other) = UnixStream::pair().unwrap();
+    let dead = nix::fcntl::fcntl(&doomed, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(900)).unwrap();
+    drop(doomed);
+    nix::unistd::close(dead).unwrap();
+    let stale = Watch::new(dead, WatchFlags::READABLE, |_| {});
+    peer.watches().add(&stale).unwrap();
+    let error = app.glue.attach(Arc::new(peer.clone())).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(nix::libc::EBADF), "{error}");
+    assert_eq!(app.glue.registered_fds(), 0, "fd {fd} was left registered");
+    peer.watches().remove(&stale).unwrap();
+    assert_nothing_left(&app, &peer);
+}
+
+#[test]
+fn bad_input_an_fd_the_application_registered_is_refused_with_eexist() {
+    let app = App::new();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    app.poll
+        .registry()
+        .register(&mut SourceFd(&fd), Token(7), Interest::READABLE)
+        .unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    let error = app.glue.attach(Arc::new(peer.clone())).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::AlreadyExists, "{error}");
+    assert!(error.to_string().contains("already registered"), "{error}");
+    assert_nothing_left(&app, &peer);
+    // The application's registration is untouched.
+    app.poll
+        .registry()
+        .reregister(&mut SourceFd(&fd), Token(7), Interest::READABLE)
+        .expect("still registered");
+}
+
+#[test]
+fn bad_input_the_token_range_used_up_is_a_clear_error() {
+    let poll = Poll::new().unwrap();
+    let glue = MioGlue::new(poll.registry(), Token(10)..Token(12)).unwrap(); // one fd token
+    let (a, _a) = UnixStream::pair().unwrap();
+    let (b, _b) = UnixStream::pair().unwrap();
+    let first = SocketPeer::new(a, 64).unwrap();
+    let second = SocketPeer::new(b, 64).unwrap();
+    let _first = glue.attach(Arc::new(first)).unwrap();
+    let error = glue.attach(Arc::new(second)).unwrap_err();
+    assert!(error.to_string().contains("tokens"), "{error}");
+    assert_eq!(glue.registered_fds(), 1);
+    assert!(MioGlue::new(poll.registry(), Token(5)..Token(6)).is_err());
+}
+
+#[test]
+fn events_of_the_applications_own_tokens_are_left_alone() {
+    let mut app = App::new();
+    let (mine, mut my_other) = UnixStream::pair().unwrap();
+    mine.set_nonblocking(true).unwrap();
+    let fd = mine.as_raw_fd();
+    app.poll
+        .registry()
+        .register(&mut SourceFd(&fd), Token(3), Interest::READABLE)
+        .unwrap();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    app.attach(Arc::new(peer.clone())).unwrap();
+    my_other.write_all(b"app").unwrap();
+    theirs.write_all(b"glue").unwrap();
+    assert!(app.run(LIMIT, || peer.received_len() >= 4));
+    // The application's own event came back to it, and the glue left its data alone.
+    assert_eq!(app.foreign, [Token(3)]);
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        io::Read::read(&mut &mine, &mut buf).unwrap(),
+        3,
+        "data left unread"
+    );
+    assert!(app.glue.owns(Token(1000)) && app.glue.owns(Token(1099)));
+    assert!(!app.glue.owns(Token(3)) && !app.glue.owns(Token(1100)));
+}
+
+#[test]
+fn c16_work_posted_from_another_thread_wakes_a_blocked_poll() {
+    let mut app = App::new();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    app.attach(Arc::new(peer.clone())).unwrap();
+    app.iterate(Duration::ZERO);
+    assert_eq!(app.glue.poll_timeout(), None, "nothing armed: block");
+    let poster = peer.clone();
+    let thread = std::thread::spawn(move || {
+        // The main thread is (about to be) blocked in poll(LIMIT).
+        poster.post(b"afar");
+    });
+    let deadline = Instant::now() + LIMIT;
+    while !app.woken && Instant::now() < deadline {
+        app.iterate(LIMIT);
+    }
+    thread.join().unwrap();
+    assert!(app.woken, "the poll was not woken through the glue's waker");
+    let mut got = Vec::new();
+    assert!(app.run(LIMIT, || {
+        let mut buf = [0u8; 16];
+        if let Ok(n) = io::Read::read(&mut theirs, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        got == b"afar"
+    }));
+}
+
+#[test]
+fn c16_a_source_with_data_remaining_is_dispatched_without_fd_activity() {
+    let mut app = App::new();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    peer.post(b"queued before attach"); // DataRemains, no glue yet
+    app.attach(Arc::new(peer.clone())).unwrap();
+    assert_eq!(app.glue.poll_timeout(), Some(Duration::ZERO));
+    let ran = app.iterate(LIMIT);
+    assert!(ran >= 1, "nothing dispatched");
+    let mut got = Vec::new();
+    assert!(app.run(LIMIT, || {
+        let mut buf = [0u8; 64];
+        if let Ok(n) = io::Read::read(&mut theirs, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        got == b"queued before attach"
+    }));
+}
+
+#[test]
+fn c10_timeouts_restart_with_the_new_interval_and_huge_intervals_are_never_due() {
+    let mut app = App::new();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    app.attach(Arc::new(peer.clone())).unwrap();
+    let never = Timeout::new(Duration::MAX, || panic!("a Duration::MAX timeout fired"));
+    peer.timeouts().add(&never).unwrap();
+    assert_eq!(app.glue.poll_timeout(), None, "never due: block");
+    assert_eq!(app.glue.timeouts(), 1);
+
+    let fired = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&fired);
+    let tick = Timeout::new(Duration::from_secs(3600), move || {
+        count.fetch_add(1, Ordering::SeqCst);
+    });
+    peer.timeouts().add(&tick).unwrap();
+    let wait = app.glue.poll_timeout().unwrap();
+    assert!(wait > Duration::from_secs(3000), "{wait:?}");
+    // A new interval, re-read in `toggled`, restarts the period from now.
+    let restarted = Instant::now();
+    peer.timeouts()
+        .restart(&tick, Duration::from_millis(5))
+        .unwrap();
+    assert!(app.glue.poll_timeout().unwrap() <= Duration::from_millis(5));
+    assert!(app.run(LIMIT, || fired.load(Ordering::SeqCst) >= 2));
+    assert!(
+        restarted.elapsed() >= Duration::from_millis(10),
+        "two periods"
+    );
+    peer.timeouts().remove(&tick).unwrap();
+    peer.timeouts().remove(&never).unwrap();
+    assert_eq!(app.glue.timeouts(), 0);
+}
+
+#[test]
+fn c18_two_watches_on_one_fd_are_one_registration_and_a_hang_up_reaches_both() {
+    let mut app = App::new();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    let heard: Arc<Mutex<Vec<WatchFlags>>> = Arc::default();
+    let sink = Arc::clone(&heard);
+    let extra = Watch::new(fd, WatchFlags::READABLE, move |c| {
+        sink.lock().unwrap().push(c)
+    });
+    peer.watches().add(&extra).unwrap();
+    app.attach(Arc::new(peer.clone())).unwrap();
+    assert_eq!(app.glue.registered_fds(), 1);
+    drop(theirs);
+    assert!(app.run(LIMIT, || heard
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.contains(WatchFlags::HANGUP))));
+    peer.watches().remove(&extra).unwrap();
+}
+
+#[test]
+fn attach_and_detach_from_inside_handlers_and_attach_from_another_thread() {
+    let mut app = App::new();
+    let glue = Arc::new(Mutex::new(None::<Attachment>));
+    let (a, mut a_other) = UnixStream::pair().unwrap();
+    let (b, mut b_other) = UnixStream::pair().unwrap();
+    let first = SocketPeer::new(a, 64).unwrap();
+    let second = SocketPeer::new(b, 64).unwrap();
+    app.attach(Arc::new(first.clone())).unwrap();
+
+    // From another thread, while nobody runs the loop.
+    let third = {
+        let (c, c_other) = UnixStream::pair().unwrap();
+        let third = SocketPeer::new(c, 64).unwrap();
+        let attachment = std::thread::scope(|s| {
+            s.spawn(|| app.glue.attach(Arc::new(third.clone())).unwrap())
+                .join()
+                .unwrap()
+        });
+        (third, c_other, attachment)
+    };
+
+    // A watch on the first socket attaches the second source, then detaches it, from inside
+    // its handler: the glue's lock is not held while handlers run.
+    // Weak: the handler belongs to a source the glue holds.
+    let app_glue = Arc::downgrade(&app.glue);
+    let (slot, source, calls) = (
+        Arc::clone(&glue),
+        second.clone(),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let counted = Arc::clone(&calls);
+    let trigger = Watch::new(first.fd().unwrap(), WatchFlags::READABLE, move |_| {
+        let glue = app_glue.upgrade().expect("the glue outlives its sources");
+        let mut slot = slot.lock().unwrap();
+        match counted.fetch_add(1, Ordering::SeqCst) {
+            0 => *slot = Some(glue.attach(Arc::new(source.clone())).unwrap()),
+            _ => {
+                if let Some(attachment) = slot.take() {
+                    attachment.detach().unwrap();
+                }
+            }
+        }
+    });
+    first.watches().add(&trigger).unwrap();
+    a_other.write_all(b"1").unwrap();
+    assert!(app.run(LIMIT, || glue.lock().unwrap().is_some()));
+    b_other.write_all(b"to second").unwrap();
+    assert!(app.run(LIMIT, || second.received_len() == 9));
+    a_other.write_all(b"2").unwrap();
+    assert!(app.run(LIMIT, || calls.load(Ordering::SeqCst) >= 2
+        && glue.lock().unwrap().is_none()));
+    b_other.write_all(b"late").unwrap();
+    assert!(!app.run(Duration::from_millis(50), || second.received_len() > 9));
+
+    let (third, mut c_other, attachment) = third;
+    c_other.write_all(b"three").unwrap();
+    assert!(app.run(LIMIT, || third.received_len() == 5));
+    drop(attachment);
+    first.watches().remove(&trigger).unwrap();
+}
+
+#[test]
+fn a_panicking_handler_reaches_the_caller_and_the_glue_carries_on() {
+    let mut app = App::new();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    let peer = SocketPeer::new(ours, 1).unwrap(); // one byte per handle
+    let armed = Arc::new(AtomicBool::new(true));
+    let trip = Arc::clone(&armed);
+    let bomb = Watch::new(fd, WatchFlags::READABLE, move |_| {
+        if trip.swap(false, Ordering::SeqCst) {
+            panic!("handler panic (expected by the test)");
+        }
+    });
+    peer.watches().add(&bomb).unwrap();
+    app.attach(Arc::new(peer.clone())).unwrap();
+    theirs.write_all(b"0123456789").unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for _ in 0..1000 {
+            app.iterate(Duration::from_millis(5));
+        }
+    }));
+    assert!(panicked.is_err(), "the panic did not reach the caller");
+    // No new edge will come: the glue re-checked the fd and carries on draining it.
+    assert!(app.run(LIMIT, || peer.received_len() == 10));
+    peer.watches().remove(&bomb).unwrap();
+}
+
+#[test]
+fn dropping_the_glue_detaches_every_source() {
+    let app = App::new();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    let attachment = app.glue.attach(Arc::new(peer.clone())).unwrap();
+    assert_eq!(app.glue.registered_fds(), 1);
+    drop(app);
+    drop(attachment); // after its glue: nothing to do
+    let mock = MockLoop::new();
+    mock.attach(Arc::new(peer.clone())).unwrap();
+}
