@@ -22,3 +22,6 @@ pub mod glib;
 #[cfg(feature = "mio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mio")))]
 pub mod mio;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod tokio;

@@ -1,0 +1,548 @@
+//! The tokio adapter: the conformance scenarios on current-thread and multi-thread runtimes,
+//! a 16 MiB message read 2 KiB per handle, bad input, the echo, virtual time, and the
+//! runtime's other tasks not starved by a busy fd.
+#![cfg(feature = "tokio")]
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use loopglue::adapters::tokio::{attach, attach_to, Attachment};
+use loopglue::net::{Connection, ConnectionConfig};
+use loopglue::testing::{run_all, Harness, MockLoop, SocketPeer};
+use loopglue::{
+    SetFunctionsError, Source, SourceData, Timeout, TimeoutFunctions, TimeoutList, Watch,
+    WatchFlags, WatchFunctions, WatchList,
+};
+use tokio::runtime::{Builder, Runtime};
+
+/// How long a test waits for something that must happen; a passing test never waits this long.
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn current_thread() -> Runtime {
+    Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn multi_thread() -> Runtime {
+    Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A runtime and the sources attached to it, as the scenarios drive them.
+struct App {
+    runtime: Runtime,
+    attached: HashMap<u64, Attachment>,
+    start: Instant,
+}
+
+impl App {
+    fn new(runtime: Runtime) -> App {
+        App {
+            runtime,
+            attached: HashMap::new(),
+            start: Instant::now(),
+        }
+    }
+
+    fn run(&mut self, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+        self.run_until(limit, &mut done)
+    }
+}
+
+impl Harness for App {
+    fn attach(&mut self, source: Arc<dyn Source>) -> io::Result<()> {
+        let id = source.data().id();
+        let attachment = attach_to(self.runtime.handle(), source)?;
+        self.attached.insert(id, attachment);
+        Ok(())
+    }
+
+    fn detach(&mut self, source: &Arc<dyn Source>) -> io::Result<()> {
+        match self.attached.remove(&source.data().id()) {
+            Some(attachment) => attachment.detach(),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the runtime (`block_on` on this thread) until `done`, checking it every
+    /// millisecond of the runtime's clock.
+    fn run_until(&mut self, limit: Duration, done: &mut dyn FnMut() -> bool) -> bool {
+        self.runtime.block_on(async {
+            let end = tokio::time::Instant::now() + limit;
+            loop {
+                if done() {
+                    return true;
+                }
+                if tokio::time::Instant::now() >= end {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+fn report(failures: Vec<loopglue::testing::ScenarioFailure>) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn tokio_current_thread_passes_every_scenario() {
+    run_all(|| App::new(current_thread())).unwrap_or_else(|f| panic!("{}", report(f)));
+}
+
+#[test]
+fn tokio_multi_thread_passes_every_scenario() {
+    run_all(|| App::new(multi_thread())).unwrap_or_else(|f| panic!("{}", report(f)));
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// libdbus reads at most 2 KiB per `dbus_watch_handle`: with tokio's edge-triggered
+/// readiness, a 16 MiB message arrives whole only if the glue re-checks the fd (C17).
+#[test]
+fn c17_a_16_mib_message_read_2_kib_per_handle_arrives_intact() {
+    for runtime in [current_thread(), multi_thread()] {
+        let mut app = App::new(runtime);
+        let (a, b) = UnixStream::pair().unwrap();
+        let config = ConnectionConfig::new()
+            .read_budget(2048)
+            .max_frame_size(17 * 1024 * 1024);
+        let sender = Connection::from_stream_with(a, config.clone()).unwrap();
+        let receiver = Connection::from_stream_with(b, config).unwrap();
+        let got: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let slot = Arc::clone(&got);
+        receiver.set_message_handler(move |_, message| *slot.lock().unwrap() = Some(message));
+        app.attach(Arc::new(sender.clone())).unwrap();
+        app.attach(Arc::new(receiver.clone())).unwrap();
+
+        let message = pattern(16 * 1024 * 1024);
+        sender.send(message.clone()).unwrap();
+        let arrived = app.run(Duration::from_secs(60), || got.lock().unwrap().is_some());
+        assert!(
+            arrived,
+            "stalled after {} bytes",
+            receiver.stats().bytes_received
+        );
+        assert!(*got.lock().unwrap() == Some(message), "altered");
+    }
+}
+
+#[test]
+fn net_connection_echo_checks_every_reply() {
+    for runtime in [current_thread(), multi_thread()] {
+        let mut app = App::new(runtime);
+        let mut clients = Vec::new();
+        let replies = Arc::new(AtomicU64::new(0));
+        let wrong = Arc::new(AtomicBool::new(false));
+        const MESSAGES: u64 = 200;
+        for c in 0..4u64 {
+            let (a, b) = UnixStream::pair().unwrap();
+            let (client, service) = (
+                Connection::from_stream(a).unwrap(),
+                Connection::from_stream(b).unwrap(),
+            );
+            service.set_message_handler(|conn, message| conn.send(message).unwrap());
+            let (replies, wrong, next) = (
+                Arc::clone(&replies),
+                Arc::clone(&wrong),
+                Arc::new(AtomicU64::new(0)),
+            );
+            client.set_message_handler(move |conn, message| {
+                let seq = next.fetch_add(1, Ordering::SeqCst);
+                if message != [c.to_le_bytes(), seq.to_le_bytes()].concat() {
+                    wrong.store(true, Ordering::SeqCst);
+                }
+                replies.fetch_add(1, Ordering::SeqCst);
+                if seq + 1 < MESSAGES {
+                    conn.send([c.to_le_bytes(), (seq + 1).to_le_bytes()].concat())
+                        .unwrap();
+                }
+            });
+            app.attach(Arc::new(client.clone())).unwrap();
+            app.attach(Arc::new(service.clone())).unwrap();
+            client
+                .send([c.to_le_bytes(), 0u64.to_le_bytes()].concat())
+                .unwrap();
+            clients.push((client, service));
+        }
+        let all = app.run(LIMIT, || replies.load(Ordering::SeqCst) == 4 * MESSAGES);
+        assert!(all, "{} replies", replies.load(Ordering::SeqCst));
+        assert!(
+            !wrong.load(Ordering::SeqCst),
+            "a reply did not match its request"
+        );
+        assert!(app.attached.values().all(|a| a.registered_fds() == 1));
+    }
+}
+
+/// A bare producer: one watch list, one timeout list, no dispatch queue.
+struct Bare {
+    watches: WatchList,
+    timeouts: TimeoutList,
+    data: SourceData,
+}
+
+impl Bare {
+    fn new() -> Bare {
+        Bare {
+            watches: WatchList::new(),
+            timeouts: TimeoutList::new(),
+            data: SourceData::new(),
+        }
+    }
+}
+
+impl Source for Bare {
+    fn data(&self) -> &SourceData {
+        &self.data
+    }
+    fn set_watch_functions(
+        &self,
+        functions: Option<Box<dyn WatchFunctions>>,
+    ) -> Result<(), SetFunctionsError<dyn WatchFunctions>> {
+        self.watches.set_functions(functions)
+    }
+    fn set_timeout_functions(
+        &self,
+        functions: Option<Box<dyn TimeoutFunctions>>,
+    ) -> Result<(), SetFunctionsError<dyn TimeoutFunctions>> {
+        self.timeouts.set_functions(functions)
+    }
+}
+
+/// Nothing is left of a refused attach: the same source attaches elsewhere afterwards, and
+/// tokio takes its fds (none is still registered).
+fn assert_nothing_left(runtime: &Runtime, source: Arc<dyn Source>, fds: &[RawFd]) {
+    for &fd in fds {
+        let _runtime = runtime.enter();
+        // SAFETY: the fd stays open for the life of this `AsyncFd`, dropped at once.
+        let registered = unsafe { tokio::io::unix::AsyncFd::register(Borrowed(fd)) };
+        assert!(registered.is_ok(), "fd {fd} was left registered with tokio");
+    }
+    let mock = MockLoop::new();
+    mock.attach(source)
+        .expect("the refused source attaches elsewhere");
+}
+
+struct Borrowed(RawFd);
+
+impl AsRawFd for Borrowed {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+#[test]
+fn bad_input_a_closed_fd_is_a_clear_error_and_nothing_is_left() {
+    let runtime = current_thread();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    // On a number far above those other tests' threads are handed (they take the lowest free
+    // one), so that none reuses it before the attach.
+    let (doomed, _other) = UnixStream::pair().unwrap();
+    let dead = nix::fcntl::fcntl(&doomed, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(800)).unwrap();
+    drop(doomed);
+    nix::unistd::close(dead).unwrap();
+    let stale = Watch::new(dead, WatchFlags::READABLE, |_| {});
+    peer.watches().add(&stale).unwrap();
+    let error = attach_to(runtime.handle(), Arc::new(peer.clone())).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(nix::libc::EBADF), "{error}");
+    peer.watches().remove(&stale).unwrap();
+    assert_nothing_left(&runtime, Arc::new(peer), &[fd]);
+}
+
+#[test]
+fn bad_input_an_fd_tokio_already_has_is_refused_with_eexist() {
+    let runtime = current_thread();
+    let (first, _first_other) = UnixStream::pair().unwrap();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let taken = ours.as_raw_fd();
+    // The application's own tokio socket on `taken`.
+    let mine = {
+        let _runtime = runtime.enter();
+        tokio::net::UnixStream::from_std(ours).unwrap()
+    };
+    // A source with a good fd first, then the application's: the first is rolled back.
+    let bare = Arc::new(Bare::new());
+    let good = Watch::new(first.as_raw_fd(), WatchFlags::READABLE, |_| {});
+    let clash = Watch::new(taken, WatchFlags::READABLE, |_| {});
+    bare.watches.add(&good).unwrap();
+    bare.watches.add(&clash).unwrap();
+    let error = attach_to(runtime.handle(), bare.clone()).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::AlreadyExists, "{error}");
+    assert!(error.to_string().contains("already registered"), "{error}");
+    bare.watches.remove(&clash).unwrap();
+    assert_nothing_left(&runtime, bare, &[first.as_raw_fd()]);
+    drop(mine);
+}
+
+#[test]
+fn bad_input_no_runtime_or_a_runtime_without_drivers_is_a_clear_error() {
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    let error = attach(Arc::new(peer.clone())).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::NotFound, "{error}");
+    let no_time = Builder::new_current_thread().enable_io().build().unwrap();
+    let error = attach_to(no_time.handle(), Arc::new(peer.clone())).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::Unsupported, "{error}");
+    let no_io = Builder::new_current_thread().enable_time().build().unwrap();
+    let error = attach_to(no_io.handle(), Arc::new(peer.clone())).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::Unsupported, "{error}");
+    let mock = MockLoop::new();
+    mock.attach(Arc::new(peer))
+        .expect("nothing was left installed");
+}
+
+#[test]
+fn detach_deregisters_before_it_returns() {
+    let runtime = multi_thread();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    let attachment = attach_to(runtime.handle(), Arc::new(peer.clone())).unwrap();
+    assert_eq!(attachment.registered_fds(), 1);
+    {
+        let _runtime = runtime.enter();
+        // SAFETY: the fd stays open for the life of this `AsyncFd`.
+        let again = unsafe { tokio::io::unix::AsyncFd::register(Borrowed(fd)) };
+        assert!(again.is_err(), "tokio takes an fd only once");
+    }
+    attachment.detach().unwrap();
+    assert_nothing_left(&runtime, Arc::new(peer), &[fd]);
+}
+
+/// Timers run on tokio's clock: in paused time an hour-long period passes at once, periods
+/// are fixed-delay from the firing, a restart re-reads the interval, and `Duration::MAX`
+/// never fires.
+#[test]
+fn timeouts_run_on_tokios_clock_so_paused_time_drives_them() {
+    let runtime = Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    let fired: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let log = Arc::clone(&fired);
+    let hour = Duration::from_secs(3600);
+    let tick = Timeout::new(hour, move || {
+        log.lock().unwrap().push(tokio::time::Instant::now());
+    });
+    let never = Timeout::new(Duration::MAX, || panic!("a Duration::MAX timeout fired"));
+    let (started, restarted_at) = runtime.block_on(async {
+        let _attachment = attach(Arc::new(peer.clone())).unwrap();
+        peer.timeouts().add(&never).unwrap();
+        let started = tokio::time::Instant::now();
+        peer.timeouts().add(&tick).unwrap();
+        while fired.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        let restarted_at = tokio::time::Instant::now();
+        peer.timeouts()
+            .restart(&tick, Duration::from_secs(10))
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        peer.timeouts().remove(&tick).unwrap();
+        // Only the never-due timeout left: a year passes without it firing.
+        tokio::time::sleep(Duration::from_secs(86400 * 365)).await;
+        (started, restarted_at)
+    });
+    let fired = fired.lock().unwrap();
+    assert!(fired[0] - started >= hour);
+    assert!(fired[1] - fired[0] >= hour && fired[2] - fired[1] >= hour);
+    assert!(fired[3] - restarted_at >= Duration::from_secs(10));
+    assert!(
+        fired[3] - restarted_at < hour,
+        "the restart kept the old interval"
+    );
+    assert!(
+        (8..=13).contains(&fired.len()),
+        "100 s of 10 s periods after the restart: {} firings in all",
+        fired.len()
+    );
+    peer.timeouts().remove(&never).unwrap();
+}
+
+#[test]
+fn c16_a_source_with_data_remaining_is_dispatched_without_fd_activity() {
+    let mut app = App::new(current_thread());
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    peer.post(b"queued before attach"); // DataRemains, no glue yet
+    app.attach(Arc::new(peer.clone())).unwrap();
+    let mut got = Vec::new();
+    assert!(app.run(LIMIT, || {
+        let mut buf = [0u8; 64];
+        if let Ok(n) = io::Read::read(&mut theirs, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        got == b"queued before attach"
+    }));
+}
+
+/// One fd with a megabyte pending for a producer that reads one byte per handle: the
+/// runtime's other tasks still run while it drains (the driver yields between rounds).
+#[test]
+fn a_busy_fd_does_not_starve_the_runtime() {
+    let runtime = current_thread();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 1).unwrap();
+    let data = pattern(64 * 1024);
+    (&theirs).write_all(&data).unwrap();
+    let (turns, turns_at_end) = runtime.block_on(async {
+        let turns = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&turns);
+        let other = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+        let _attachment = attach(Arc::new(peer.clone())).unwrap();
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while peer.received_len() < data.len() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let at_end = turns.load(Ordering::SeqCst);
+        other.abort();
+        (turns, at_end)
+    });
+    assert_eq!(
+        peer.received(),
+        data,
+        "stalled: level-triggered delivery (C17)"
+    );
+    // 65,536 rounds of one byte: a driver that yields between rounds as `yield_now` does
+    // shares the thread with the other task about turn for turn (a driver that ran every
+    // round at once left it 560 turns, one that only re-woke itself 1,145).
+    assert!(
+        turns_at_end >= 10_000,
+        "the other task ran {turns_at_end} times while 64 KiB drained ({} now)",
+        turns.load(Ordering::SeqCst)
+    );
+}
+
+#[test]
+fn c18_two_watches_on_one_fd_are_one_asyncfd_and_a_hang_up_reaches_both() {
+    let mut app = App::new(multi_thread());
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    let heard: Arc<Mutex<Vec<WatchFlags>>> = Arc::default();
+    let sink = Arc::clone(&heard);
+    let extra = Watch::new(fd, WatchFlags::READABLE, move |c| {
+        sink.lock().unwrap().push(c)
+    });
+    peer.watches().add(&extra).unwrap();
+    app.attach(Arc::new(peer.clone())).unwrap();
+    assert!(app.attached.values().all(|a| a.registered_fds() == 1));
+    drop(theirs);
+    assert!(app.run(LIMIT, || heard
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.contains(WatchFlags::HANGUP))));
+    peer.watches().remove(&extra).unwrap();
+}
+
+#[test]
+fn attach_and_detach_from_inside_handlers_and_from_another_thread() {
+    for runtime in [current_thread(), multi_thread()] {
+        let mut app = App::new(runtime);
+        let slot = Arc::new(Mutex::new(None::<Attachment>));
+        let (a, mut a_other) = UnixStream::pair().unwrap();
+        let (b, mut b_other) = UnixStream::pair().unwrap();
+        let first = SocketPeer::new(a, 64).unwrap();
+        let second = SocketPeer::new(b, 64).unwrap();
+        app.attach(Arc::new(first.clone())).unwrap();
+
+        // From another thread, with the runtime's handle.
+        let (c, mut c_other) = UnixStream::pair().unwrap();
+        let third = SocketPeer::new(c, 64).unwrap();
+        let handle = app.runtime.handle().clone();
+        let from_afar = {
+            let third = third.clone();
+            std::thread::spawn(move || attach_to(&handle, Arc::new(third)).unwrap())
+                .join()
+                .unwrap()
+        };
+
+        // A watch on the first socket attaches the second source, then detaches it, from
+        // inside its handler (on the first source's driver task).
+        let (held, source, calls) = (
+            Arc::clone(&slot),
+            second.clone(),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let counted = Arc::clone(&calls);
+        let trigger = Watch::new(first.fd().unwrap(), WatchFlags::READABLE, move |_| {
+            let mut held = held.lock().unwrap();
+            match counted.fetch_add(1, Ordering::SeqCst) {
+                0 => *held = Some(attach(Arc::new(source.clone())).unwrap()),
+                _ => {
+                    if let Some(attachment) = held.take() {
+                        attachment.detach().unwrap();
+                    }
+                }
+            }
+        });
+        first.watches().add(&trigger).unwrap();
+        a_other.write_all(b"1").unwrap();
+        assert!(app.run(LIMIT, || slot.lock().unwrap().is_some()));
+        b_other.write_all(b"to second").unwrap();
+        assert!(app.run(LIMIT, || second.received_len() == 9));
+        a_other.write_all(b"2").unwrap();
+        assert!(app.run(LIMIT, || calls.load(Ordering::SeqCst) >= 2
+            && slot.lock().unwrap().is_none()));
+        b_other.write_all(b"late").unwrap();
+        assert!(!app.run(Duration::from_millis(50), || second.received_len() > 9));
+
+        c_other.write_all(b"three").unwrap();
+        assert!(app.run(LIMIT, || third.received_len() == 5));
+        drop(from_afar);
+        first.watches().remove(&trigger).unwrap();
+    }
+}
+
+#[test]
+fn a_panicking_handler_panics_its_driver_and_a_new_driver_carries_on() {
+    let mut app = App::new(current_thread());
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    let peer = SocketPeer::new(ours, 1).unwrap(); // one byte per handle
+    let armed = Arc::new(AtomicBool::new(true));
+    let trip = Arc::clone(&armed);
+    let bomb = Watch::new(fd, WatchFlags::READABLE, move |_| {
+        if trip.swap(false, Ordering::SeqCst) {
+            panic!("handler panic (expected by the test)");
+        }
+    });
+    peer.watches().add(&bomb).unwrap();
+    app.attach(Arc::new(peer.clone())).unwrap();
+    theirs.write_all(b"0123456789").unwrap();
+    assert!(app.run(LIMIT, || peer.received_len() == 10));
+    assert!(!armed.load(Ordering::SeqCst), "the bomb never went off");
+    peer.watches().remove(&bomb).unwrap();
+}
