@@ -16,10 +16,10 @@
 //!   and the registration follows their enabled state.
 //! * **Level-triggered delivery on an edge-triggered poll** (C17): mio reports an fd once per
 //!   edge, but a producer may read only part of what is ready per `handle` (libdbus reads
-//!   2 KiB). After an fd's handlers ran, the glue polls it once without blocking; if it is
-//!   still ready, it is handled again on the next `process` — after the application's loop
-//!   went round once, so one busy fd cannot starve the others — and `poll_timeout` is zero
-//!   meanwhile.
+//!   2 KiB). After a round of handlers, the glue polls the fds they ran for without blocking
+//!   (one poll(2) for all of them); one still ready is handled again on the next `process` —
+//!   after the application's loop went round once, so one busy fd cannot starve the others —
+//!   and `poll_timeout` is zero meanwhile.
 //! * **Timeouts** on a fixed-delay period, restarted with the current interval when enabled
 //!   (C9, C10); an interval too large for the clock is never due.
 //! * **Wakeups** (C16): a source that queues work from another thread, or a timeout changed
@@ -99,6 +99,7 @@ use std::time::{Duration, Instant};
 use ::mio::event::Event;
 use ::mio::unix::SourceFd;
 use ::mio::{Events, Interest, Registry, Token as MioToken, Waker};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 
@@ -167,9 +168,11 @@ struct Scratch {
     handle: Vec<(Token, Watch, WatchFlags)>,
 }
 
-/// One registration with the poll: its token's offset, and the file it was made for.
+/// One registration with the poll: its token's offset, what it is registered for, and the
+/// file it was made for.
 struct Slot {
     index: usize,
+    interest: WatchFlags,
     file: Option<FileId>,
 }
 
@@ -268,7 +271,11 @@ impl Registrar for Host<'_> {
             )
             .map_err(|e| refused(e, fd))?;
         self.slots.insert(token);
-        Ok(Slot { index, file })
+        Ok(Slot {
+            index,
+            interest: wanted,
+            file,
+        })
     }
 
     fn reregister(
@@ -283,7 +290,9 @@ impl Registrar for Host<'_> {
             &mut SourceFd(&fd),
             MioToken(self.first + slot.index),
             interest(wanted),
-        )
+        )?;
+        slot.interest = wanted;
+        Ok(())
     }
 
     fn deregister(&mut self, slot: Slot, fd: RawFd, _: Token) {
@@ -307,6 +316,60 @@ impl Inner {
     fn nudge(&self) {
         if !self.processing.load(Ordering::SeqCst) {
             let _ = self.waker.wake();
+        }
+    }
+
+    /// The level-triggered re-check (C17) of the fds whose handlers ran this round: one
+    /// poll(2) for all of them, without blocking. Those still ready are handled again next
+    /// round; closed ones are dropped (C15).
+    fn recheck(&self, handled: &[Token]) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let polled: Vec<(Token, RawFd, WatchFlags)> = handled
+            .iter()
+            .filter_map(|&token| {
+                let fd = state.fds.fd(token)?;
+                let slot = state.fds.registration(token)?;
+                Some((token, fd, slot.interest))
+            })
+            .collect();
+        let mut fds: Vec<PollFd<'_>> = polled
+            .iter()
+            .map(|&(_, fd, interest)| {
+                let events = PollFlags::from_bits_truncate(interest.to_poll_events());
+                // SAFETY: poll(2) only reads the fd table; the fd is registered, so open by
+                // C15, and a producer's closed fd comes back as POLLNVAL. The borrow lives for
+                // this one call, under the lock that `remove` takes.
+                PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, events)
+            })
+            .collect();
+        loop {
+            match poll(&mut fds, PollTimeout::ZERO) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return, // nothing polled: the next edge will tell
+                Ok(_) => break,
+            }
+        }
+        let revents: Vec<PollFlags> = fds
+            .iter()
+            .map(|p| p.revents().unwrap_or(PollFlags::empty()))
+            .collect();
+        drop(fds);
+        let mut host = Host {
+            registry: &self.registry,
+            slots: &mut state.slots,
+            first: self.first,
+            capacity: self.end - self.first,
+        };
+        for ((token, _, _), revents) in polled.into_iter().zip(revents) {
+            if revents.contains(PollFlags::POLLNVAL) {
+                state.fds.closed(token, &mut host);
+                continue;
+            }
+            let ready = WatchFlags::from_poll_revents(revents.bits());
+            if !ready.is_empty() {
+                state.again.push((token, ready));
+            }
         }
     }
 
@@ -598,20 +661,7 @@ impl MioGlue {
         // Level-triggered emulation (C17): whatever a handler left unread, no edge announces
         // again. Still ready: handled again next round, after the loop went round once.
         if !handled.is_empty() {
-            let mut state = inner.lock();
-            let state = &mut *state;
-            let mut host = Host {
-                registry: &inner.registry,
-                slots: &mut state.slots,
-                first: inner.first,
-                capacity: inner.end - inner.first,
-            };
-            for &token in handled {
-                let recheck = state.fds.recheck(token, &mut host);
-                if recheck.again() {
-                    state.again.push((token, recheck.ready()));
-                }
-            }
+            inner.recheck(handled);
         }
         if due > 0 {
             loop {
