@@ -16,10 +16,10 @@
 //!   and the registration follows their enabled state.
 //! * **Level-triggered delivery on an edge-triggered poll** (C17): mio reports an fd once per
 //!   edge, but a producer may read only part of what is ready per `handle` (libdbus reads
-//!   2 KiB). After a round of handlers, the glue polls the fds they ran for without blocking
-//!   (one poll(2) for all of them); one still ready is handled again on the next `process` —
-//!   after the application's loop went round once, so one busy fd cannot starve the others —
-//!   and `poll_timeout` is zero meanwhile.
+//!   2 KiB). The fds whose handlers ran are re-checked without blocking — in one poll(2),
+//!   once the loop has no other event for the glue, or after a few busy rounds — and those
+//!   still ready are handled again, one round per `process`, so one busy fd cannot starve the
+//!   others. `poll_timeout` is zero until they are re-checked.
 //! * **Timeouts** on a fixed-delay period, restarted with the current interval when enabled
 //!   (C9, C10); an interval too large for the clock is never due.
 //! * **Wakeups** (C16): a source that queues work from another thread, or a timeout changed
@@ -111,6 +111,10 @@ use crate::{
 /// How many times one source is dispatched per `process` before the others get their turn.
 const DISPATCH_BATCH: usize = 64;
 
+/// The most `process` rounds an fd waits for its level-triggered re-check while other fds
+/// keep the loop busy (C17).
+const RECHECK_ROUNDS: u32 = 8;
+
 /// Glue between attached sources and a [`mio::Poll`](::mio::Poll) that the application owns:
 /// see the [module documentation](self).
 ///
@@ -152,9 +156,13 @@ struct State {
     /// mio token (as an offset from `first`) → the registry's token.
     slots: Slab<Token>,
     timers: TimerQueue,
-    /// Registrations still ready after their handlers ran (C17), with what was ready: handled
-    /// again by the next `process`, and `poll_timeout` is zero until then.
-    again: Vec<(Token, WatchFlags)>,
+    /// Registrations whose handlers ran and that were not re-checked since (C17): a producer
+    /// may have left data that no edge will announce. `poll_timeout` is zero while there are
+    /// any, and `process` re-checks them once the loop has nothing else to do, or after
+    /// [`RECHECK_ROUNDS`] busy rounds.
+    unchecked: Vec<Token>,
+    /// `process` rounds since the last re-check.
+    rounds: u32,
     /// Buffers reused across rounds; `process` takes them out for a round.
     scratch: Scratch,
 }
@@ -198,6 +206,59 @@ fn file_id(fd: RawFd) -> Option<FileId> {
     nix::sys::stat::fstat(fd)
         .ok()
         .map(|stat| (stat.st_dev as u64, stat.st_ino as u64))
+}
+
+/// Polls the fds of `tokens` once, without blocking, in one poll(2), and appends those still
+/// ready to `reports`; closed ones are dropped (C15).
+fn recheck(
+    fds: &mut FdRegistry<Slot>,
+    host: &mut Host<'_>,
+    tokens: &[Token],
+    reports: &mut Vec<(Token, WatchFlags)>,
+) {
+    let polled: Vec<(Token, RawFd, WatchFlags)> = tokens
+        .iter()
+        .filter_map(|&token| {
+            let fd = fds.fd(token)?;
+            let slot = fds.registration(token)?;
+            Some((token, fd, slot.interest))
+        })
+        .collect();
+    if polled.is_empty() {
+        return;
+    }
+    let mut poll_fds: Vec<PollFd<'_>> = polled
+        .iter()
+        .map(|&(_, fd, interest)| {
+            let events = PollFlags::from_bits_truncate(interest.to_poll_events());
+            // SAFETY: poll(2) only reads the fd table; the fd is registered, so open by C15,
+            // and a producer's closed fd comes back as POLLNVAL. The borrow lives for this one
+            // call, under the lock that the glue's `remove` takes.
+            PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, events)
+        })
+        .collect();
+    loop {
+        match poll(&mut poll_fds, PollTimeout::ZERO) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return, // nothing polled: the next edge will tell
+            Ok(_) => break,
+        }
+    }
+    let revents: Vec<PollFlags> = poll_fds
+        .iter()
+        .map(|p| p.revents().unwrap_or(PollFlags::empty()))
+        .collect();
+    drop(poll_fds);
+    for ((token, _, _), revents) in polled.into_iter().zip(revents) {
+        if revents.contains(PollFlags::POLLNVAL) {
+            fds.closed(token, host);
+            continue;
+        }
+        let ready = WatchFlags::from_poll_revents(revents.bits());
+        if !ready.is_empty() {
+            reports.push((token, ready));
+        }
+    }
 }
 
 fn interest(flags: WatchFlags) -> Interest {
@@ -316,60 +377,6 @@ impl Inner {
     fn nudge(&self) {
         if !self.processing.load(Ordering::SeqCst) {
             let _ = self.waker.wake();
-        }
-    }
-
-    /// The level-triggered re-check (C17) of the fds whose handlers ran this round: one
-    /// poll(2) for all of them, without blocking. Those still ready are handled again next
-    /// round; closed ones are dropped (C15).
-    fn recheck(&self, handled: &[Token]) {
-        let mut state = self.lock();
-        let state = &mut *state;
-        let polled: Vec<(Token, RawFd, WatchFlags)> = handled
-            .iter()
-            .filter_map(|&token| {
-                let fd = state.fds.fd(token)?;
-                let slot = state.fds.registration(token)?;
-                Some((token, fd, slot.interest))
-            })
-            .collect();
-        let mut fds: Vec<PollFd<'_>> = polled
-            .iter()
-            .map(|&(_, fd, interest)| {
-                let events = PollFlags::from_bits_truncate(interest.to_poll_events());
-                // SAFETY: poll(2) only reads the fd table; the fd is registered, so open by
-                // C15, and a producer's closed fd comes back as POLLNVAL. The borrow lives for
-                // this one call, under the lock that `remove` takes.
-                PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, events)
-            })
-            .collect();
-        loop {
-            match poll(&mut fds, PollTimeout::ZERO) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return, // nothing polled: the next edge will tell
-                Ok(_) => break,
-            }
-        }
-        let revents: Vec<PollFlags> = fds
-            .iter()
-            .map(|p| p.revents().unwrap_or(PollFlags::empty()))
-            .collect();
-        drop(fds);
-        let mut host = Host {
-            registry: &self.registry,
-            slots: &mut state.slots,
-            first: self.first,
-            capacity: self.end - self.first,
-        };
-        for ((token, _, _), revents) in polled.into_iter().zip(revents) {
-            if revents.contains(PollFlags::POLLNVAL) {
-                state.fds.closed(token, &mut host);
-                continue;
-            }
-            let ready = WatchFlags::from_poll_revents(revents.bits());
-            if !ready.is_empty() {
-                state.again.push((token, ready));
-            }
         }
     }
 
@@ -510,10 +517,14 @@ impl MioGlue {
                 capacity: inner.end - inner.first,
             };
             state.fds.flush(&mut host);
-            if !state.again.is_empty() {
+            if !state.unchecked.is_empty() {
                 return Some(Duration::ZERO);
             }
-            state.timers.wait_time(Instant::now())
+            if state.timers.is_empty() {
+                None // no clock read without timeouts
+            } else {
+                state.timers.wait_time(Instant::now())
+            }
         };
         if inner.attachments.queue().is_pending() {
             return Some(Duration::ZERO);
@@ -560,7 +571,6 @@ impl MioGlue {
             let mut state = inner.lock();
             let state = &mut *state;
             let mut scratch = std::mem::take(&mut state.scratch);
-            scratch.reports.append(&mut state.again);
             for event in events.iter() {
                 let mio_token = event.token().0;
                 if mio_token < inner.first || mio_token >= inner.end {
@@ -581,6 +591,29 @@ impl MioGlue {
                 first: inner.first,
                 capacity: inner.end - inner.first,
             };
+            // Level-triggered emulation (C17): the fds handled in earlier rounds are re-checked
+            // when the loop has nothing else for the glue (it would block next), or when they
+            // waited long enough — in one poll(2). A native edge-triggered handler reads until
+            // `WouldBlock`; a producer need not (libdbus reads 2 KiB), and a re-check after
+            // every round would cost a system call per message.
+            if !state.unchecked.is_empty() {
+                let reported = &scratch.reports;
+                state
+                    .unchecked
+                    .retain(|token| !reported.iter().any(|(t, _)| t == token));
+                if scratch.reports.is_empty() || state.rounds >= RECHECK_ROUNDS {
+                    recheck(
+                        &mut state.fds,
+                        &mut host,
+                        &state.unchecked,
+                        &mut scratch.reports,
+                    );
+                    state.unchecked.clear();
+                    state.rounds = 0;
+                } else {
+                    state.rounds += 1;
+                }
+            }
             for &(token, condition) in &scratch.reports {
                 if state
                     .fds
@@ -603,26 +636,21 @@ impl MioGlue {
         };
 
         // Producer code from here on: no lock held (C11).
-        let ran = panic::catch_unwind(AssertUnwindSafe(|| {
-            self.handle_round(&scratch.handle, &scratch.handled, due)
-        }));
+        let ran = panic::catch_unwind(AssertUnwindSafe(|| self.handle_round(&scratch.handle, due)));
         let panicked = ran.is_err();
         {
             let mut state = inner.lock();
             let state = &mut *state;
-            if panicked {
-                // The round's fds may hold data no edge will announce again: re-check them all.
-                let mut host = Host {
-                    registry: &inner.registry,
-                    slots: &mut state.slots,
-                    first: inner.first,
-                    capacity: inner.end - inner.first,
-                };
-                for &(token, _) in &scratch.reports {
-                    let recheck = state.fds.recheck(token, &mut host);
-                    if recheck.again() && !state.again.iter().any(|(t, _)| *t == token) {
-                        state.again.push((token, recheck.ready()));
-                    }
+            // The round's fds may hold data no edge will announce again: re-checked later —
+            // all of them if a handler panicked, the handled ones otherwise.
+            let round: &mut dyn Iterator<Item = Token> = if panicked {
+                &mut scratch.reports.iter().map(|(t, _)| *t)
+            } else {
+                &mut scratch.handled.iter().copied()
+            };
+            for token in round {
+                if !state.unchecked.contains(&token) {
+                    state.unchecked.push(token);
                 }
             }
             scratch.handle.clear();
@@ -640,12 +668,7 @@ impl MioGlue {
         }
     }
 
-    fn handle_round(
-        &self,
-        ready: &[(Token, Watch, WatchFlags)],
-        handled: &[Token],
-        due: usize,
-    ) -> usize {
+    fn handle_round(&self, ready: &[(Token, Watch, WatchFlags)], due: usize) -> usize {
         let inner = &*self.inner;
         let mut ran = 0;
         for (token, watch, condition) in ready {
@@ -657,11 +680,6 @@ impl MioGlue {
                     inner.with_host(|fds, host| fds.report(*token, watch, delivery, host));
                 }
             }
-        }
-        // Level-triggered emulation (C17): whatever a handler left unread, no edge announces
-        // again. Still ready: handled again next round, after the loop went round once.
-        if !handled.is_empty() {
-            inner.recheck(handled);
         }
         if due > 0 {
             loop {
@@ -814,7 +832,7 @@ impl fmt::Debug for MioGlue {
             .field("waker_token", &inner.waker_token)
             .field("fds", &state.fds)
             .field("timeouts", &state.timers.len())
-            .field("still_ready", &state.again.len())
+            .field("unchecked", &state.unchecked.len())
             .field("sources", &inner.attachments.len())
             .finish()
     }
