@@ -505,3 +505,38 @@ fn dropping_the_glue_detaches_every_source() {
     let mock = MockLoop::new();
     mock.attach(Arc::new(peer.clone())).unwrap();
 }
+
+/// The level-triggered re-check waits while the loop is busy with other events, but not for
+/// ever: a producer that left data behind is served even when another pair keeps every poll
+/// busy (C17).
+#[test]
+fn c17_a_partial_reader_is_served_while_other_fds_keep_the_loop_busy() {
+    let mut app = App::new();
+    // An endless ping-pong: some fd of the glue is ready at every poll.
+    let (a, b) = UnixStream::pair().unwrap();
+    let (left, right) = (
+        Connection::from_stream(a).unwrap(),
+        Connection::from_stream(b).unwrap(),
+    );
+    for end in [&left, &right] {
+        end.set_message_handler(|conn, message| {
+            let _ = conn.send(message);
+        });
+        app.attach(Arc::new(end.clone())).unwrap();
+    }
+    left.send(b"ball".to_vec()).unwrap();
+    // One byte per handle, 512 bytes pending: no edge announces what it leaves behind.
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let slow = SocketPeer::new(ours, 1).unwrap();
+    app.attach(Arc::new(slow.clone())).unwrap();
+    (&theirs).write_all(&pattern(512)).unwrap();
+    assert!(
+        app.run(LIMIT, || slow.received_len() == 512),
+        "starved at {} bytes",
+        slow.received_len()
+    );
+    assert!(
+        right.stats().messages_received > 512,
+        "the ping-pong stopped"
+    );
+}

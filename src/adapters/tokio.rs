@@ -560,7 +560,6 @@ fn recheck(registration: &Registration) -> Rechecked {
             cleared = true;
         }
     }
-    drop((read, write));
     if cleared {
         // Arms the waker; Ready means an edge came after the guards were taken.
         let read = wants_read && registration.fd.poll_read_ready(&mut cx).is_ready();
