@@ -191,6 +191,8 @@ type FileId = (u64, u64);
 struct Host<'a> {
     registry: &'a Registry,
     slots: &'a mut Slab<Token>,
+    /// Where registrations whose watches now want more go to be re-checked.
+    unchecked: &'a mut Vec<Token>,
     first: usize,
     capacity: usize,
 }
@@ -356,6 +358,15 @@ impl Registrar for Host<'_> {
         Ok(())
     }
 
+    fn widened(&mut self, _: RawFd, token: Token, _: WatchFlags) {
+        // A registration the kernel re-evaluates (a new or modified one) reports an fd ready
+        // now by itself; one kept as it was does not, and an edge that passed while no watch
+        // wanted the direction will not come again (C17).
+        if !self.unchecked.contains(&token) {
+            self.unchecked.push(token);
+        }
+    }
+
     fn deregister(&mut self, slot: Slot, fd: RawFd, _: Token) {
         self.slots.try_remove(slot.index);
         // Only by number while the number still names the file registered: a closed fd was
@@ -380,16 +391,32 @@ impl Inner {
         }
     }
 
+    /// Runs `f` on the fd registry with the poll as its host; wakes the poll if a
+    /// registration now needs a re-check (the loop may be blocked on another thread).
     fn with_host<T>(&self, f: impl FnOnce(&mut FdRegistry<Slot>, &mut Host<'_>) -> T) -> T {
-        let mut state = self.lock();
-        let State { fds, slots, .. } = &mut *state;
-        let mut host = Host {
-            registry: &self.registry,
-            slots,
-            first: self.first,
-            capacity: self.end - self.first,
+        let (out, widened) = {
+            let mut state = self.lock();
+            let State {
+                fds,
+                slots,
+                unchecked,
+                ..
+            } = &mut *state;
+            let before = unchecked.len();
+            let mut host = Host {
+                registry: &self.registry,
+                slots,
+                unchecked,
+                first: self.first,
+                capacity: self.end - self.first,
+            };
+            let out = f(fds, &mut host);
+            (out, host.unchecked.len() > before)
         };
-        f(fds, &mut host)
+        if widened {
+            self.nudge();
+        }
+        out
     }
 }
 
@@ -513,6 +540,7 @@ impl MioGlue {
             let mut host = Host {
                 registry: &inner.registry,
                 slots: &mut state.slots,
+                unchecked: &mut state.unchecked,
                 first: inner.first,
                 capacity: inner.end - inner.first,
             };
@@ -585,30 +613,25 @@ impl MioGlue {
                     None => scratch.reports.push((token, now)),
                 }
             }
-            let mut host = Host {
-                registry: &inner.registry,
-                slots: &mut state.slots,
-                first: inner.first,
-                capacity: inner.end - inner.first,
-            };
             // Level-triggered emulation (C17): the fds handled in earlier rounds are re-checked
             // when the loop has nothing else for the glue (it would block next), or when they
             // waited long enough — in one poll(2). A native edge-triggered handler reads until
             // `WouldBlock`; a producer need not (libdbus reads 2 KiB), and a re-check after
             // every round would cost a system call per message.
-            if !state.unchecked.is_empty() {
+            let mut pending = std::mem::take(&mut state.unchecked);
+            let mut host = Host {
+                registry: &inner.registry,
+                slots: &mut state.slots,
+                unchecked: &mut state.unchecked,
+                first: inner.first,
+                capacity: inner.end - inner.first,
+            };
+            if !pending.is_empty() {
                 let reported = &scratch.reports;
-                state
-                    .unchecked
-                    .retain(|token| !reported.iter().any(|(t, _)| t == token));
+                pending.retain(|token| !reported.iter().any(|(t, _)| t == token));
                 if scratch.reports.is_empty() || state.rounds >= RECHECK_ROUNDS {
-                    recheck(
-                        &mut state.fds,
-                        &mut host,
-                        &state.unchecked,
-                        &mut scratch.reports,
-                    );
-                    state.unchecked.clear();
+                    recheck(&mut state.fds, &mut host, &pending, &mut scratch.reports);
+                    pending.clear();
                     state.rounds = 0;
                 } else {
                     state.rounds += 1;
@@ -626,6 +649,12 @@ impl MioGlue {
                 scratch
                     .handle
                     .extend(batch.map(|(watch, condition)| (token, watch, condition)));
+            }
+            // Not re-checked yet: waits on, with those widened meanwhile.
+            for token in pending {
+                if !state.unchecked.contains(&token) {
+                    state.unchecked.push(token);
+                }
             }
             let due = if state.timers.is_empty() {
                 0
