@@ -1,4 +1,4 @@
-//! Glue for a [`mio::Poll`](::mio::Poll) that the application owns and runs.
+//! Glue for a [`mio::Poll`] that the application owns and runs.
 //!
 //! The application keeps its `Poll` and its own loop; [`MioGlue`] registers the fds of attached
 //! sources with the poll's [`Registry`] on tokens from a range the application sets aside, and
@@ -23,7 +23,7 @@
 //! * **Timeouts** on a fixed-delay period, restarted with the current interval when enabled
 //!   (C9, C10); an interval too large for the clock is never due.
 //! * **Wakeups** (C16): a source that queues work from another thread, or a timeout changed
-//!   from another thread, wakes the poll through a [`mio::Waker`](::mio::Waker) — the glue's
+//!   from another thread, wakes the poll through a [`mio::Waker`] — the glue's
 //!   own on the first token of its range ([`MioGlue::new`]), or the application's
 //!   ([`MioGlue::with_waker`]: mio allows one waker per poll). While `process` runs, nothing
 //!   is woken: the loop will ask `poll_timeout` before it blocks.
@@ -115,7 +115,7 @@ const DISPATCH_BATCH: usize = 64;
 /// keep the loop busy (C17).
 const RECHECK_ROUNDS: u32 = 8;
 
-/// Glue between attached sources and a [`mio::Poll`](::mio::Poll) that the application owns:
+/// Glue between attached sources and a [`mio::Poll`] that the application owns:
 /// see the [module documentation](self).
 ///
 /// `MioGlue` is `Send + Sync`: sources may be attached, and their watches and timeouts
@@ -422,7 +422,7 @@ impl Inner {
 
 impl MioGlue {
     /// Glue for the poll of `registry`, on the tokens in `tokens`: the first for its own
-    /// [`mio::Waker`](::mio::Waker), the rest for fds (one per fd, whatever its watches).
+    /// [`mio::Waker`], the rest for fds (one per fd, whatever its watches).
     ///
     /// # Errors
     ///

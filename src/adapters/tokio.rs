@@ -19,7 +19,7 @@
 //!   it finds gone is cleared in tokio (with the tick tokio handed out *before* the poll, so
 //!   an edge that arrives meanwhile is never lost), and an fd still ready is handled again
 //!   after the driver yielded to the runtime — one busy fd cannot starve other tasks.
-//! * **Timers on tokio's clock**: the driver sleeps with [`tokio::time`](::tokio::time) until
+//! * **Timers on tokio's clock**: the driver sleeps with [`tokio::time`] until
 //!   the next timeout, so `tokio::time::pause()` and `advance()` drive the timeouts of a test.
 //!   Periods are fixed-delay, restarted with the current interval when enabled (C9, C10); an
 //!   interval too large for the clock is never due.
