@@ -546,3 +546,22 @@ fn a_panicking_handler_panics_its_driver_and_a_new_driver_carries_on() {
     assert!(!armed.load(Ordering::SeqCst), "the bomb never went off");
     peer.watches().remove(&bomb).unwrap();
 }
+
+/// Applications shut down in any order: a runtime dropped before the attachment leaves the
+/// detach (and the producer's later removals) harmless, and the source free to attach again.
+#[test]
+fn a_runtime_dropped_before_its_attachments_leaves_detach_harmless() {
+    let runtime = multi_thread();
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 64).unwrap();
+    let (timeout, _fired) = peer.add_timeout(Duration::from_millis(5)).unwrap();
+    let attachment = attach_to(runtime.handle(), Arc::new(peer.clone())).unwrap();
+    theirs.write_all(b"x").unwrap();
+    drop(runtime);
+    peer.timeouts().toggle(&timeout, false).unwrap();
+    peer.timeouts().remove(&timeout).unwrap();
+    drop(attachment);
+    let mut app = App::new(current_thread());
+    app.attach(Arc::new(peer.clone())).unwrap();
+    assert!(app.run(LIMIT, || peer.received_len() == 1));
+}
