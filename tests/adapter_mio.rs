@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use loopglue::adapters::mio::{Attachment, MioGlue};
 use loopglue::net::{Connection, ConnectionConfig};
 use loopglue::testing::{run_all, Harness, MockLoop, SocketPeer};
-use loopglue::{Source, Timeout, Watch, WatchFlags};
+use loopglue::{
+    SetFunctionsError, Source, SourceData, Timeout, TimeoutFunctions, TimeoutList, Watch,
+    WatchFlags, WatchFunctions, WatchList,
+};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
@@ -99,6 +102,41 @@ impl Harness for App {
 
     fn elapsed(&self) -> Duration {
         self.start.elapsed()
+    }
+}
+
+/// A bare producer: one watch list, one timeout list, no dispatch queue.
+struct Bare {
+    watches: WatchList,
+    timeouts: TimeoutList,
+    data: SourceData,
+}
+
+impl Bare {
+    fn new() -> Bare {
+        Bare {
+            watches: WatchList::new(),
+            timeouts: TimeoutList::new(),
+            data: SourceData::new(),
+        }
+    }
+}
+
+impl Source for Bare {
+    fn data(&self) -> &SourceData {
+        &self.data
+    }
+    fn set_watch_functions(
+        &self,
+        functions: Option<Box<dyn WatchFunctions>>,
+    ) -> Result<(), SetFunctionsError<dyn WatchFunctions>> {
+        self.watches.set_functions(functions)
+    }
+    fn set_timeout_functions(
+        &self,
+        functions: Option<Box<dyn TimeoutFunctions>>,
+    ) -> Result<(), SetFunctionsError<dyn TimeoutFunctions>> {
+        self.timeouts.set_functions(functions)
     }
 }
 
@@ -540,4 +578,36 @@ fn c17_a_partial_reader_is_served_while_other_fds_keep_the_loop_busy() {
         right.stats().messages_received > 512,
         "the ping-pong stopped"
     );
+}
+
+#[test]
+fn the_glue_and_its_attachments_move_and_are_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<MioGlue>();
+    send_sync::<Attachment>();
+}
+
+/// The write end of a pipe whose read end is closed reports an error (POLLERR): the glue
+/// delivers it, although no watch asks for it (C1).
+#[test]
+fn c1_an_error_reaches_the_watch() {
+    let mut app = App::new();
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    let heard: Arc<Mutex<Vec<WatchFlags>>> = Arc::default();
+    let sink = Arc::clone(&heard);
+    let watch = Watch::new(write_end.as_raw_fd(), WatchFlags::WRITABLE, move |c| {
+        sink.lock().unwrap().push(c);
+    });
+    let bare = Arc::new(Bare::new());
+    bare.watches.add(&watch).unwrap();
+    app.attach(bare.clone()).unwrap();
+    assert!(app.run(LIMIT, || !heard.lock().unwrap().is_empty()));
+    drop(read_end);
+    assert!(app.run(LIMIT, || heard
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.contains(WatchFlags::ERROR))));
+    bare.watches.remove(&watch).unwrap();
+    drop(write_end);
 }

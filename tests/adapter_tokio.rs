@@ -565,3 +565,34 @@ fn a_runtime_dropped_before_its_attachments_leaves_detach_harmless() {
     app.attach(Arc::new(peer.clone())).unwrap();
     assert!(app.run(LIMIT, || peer.received_len() == 1));
 }
+
+#[test]
+fn an_attachment_moves_and_is_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Attachment>();
+}
+
+/// The write end of a pipe whose read end is closed reports an error (POLLERR): the glue
+/// delivers it, although no watch asks for it (C1).
+#[test]
+fn c1_an_error_reaches_the_watch() {
+    let mut app = App::new(multi_thread());
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    let heard: Arc<Mutex<Vec<WatchFlags>>> = Arc::default();
+    let sink = Arc::clone(&heard);
+    let watch = Watch::new(write_end.as_raw_fd(), WatchFlags::WRITABLE, move |c| {
+        sink.lock().unwrap().push(c);
+    });
+    let bare = Arc::new(Bare::new());
+    bare.watches.add(&watch).unwrap();
+    app.attach(bare.clone()).unwrap();
+    assert!(app.run(LIMIT, || !heard.lock().unwrap().is_empty()));
+    drop(read_end);
+    assert!(app.run(LIMIT, || heard
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.contains(WatchFlags::ERROR))));
+    bare.watches.remove(&watch).unwrap();
+    drop(write_end);
+}
