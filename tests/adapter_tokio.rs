@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use loopglue::adapters::tokio::{attach, attach_to, Attachment};
 use loopglue::net::{Connection, ConnectionConfig};
-use loopglue::testing::{run_all, Harness, MockLoop, SocketPeer};
+use loopglue::testing::{run_all, Harness, MockLoop, SocketPeer, ThreadCpuClock, ThreadUsage};
 use loopglue::{
     SetFunctionsError, Source, SourceData, Timeout, TimeoutFunctions, TimeoutList, Watch,
     WatchFlags, WatchFunctions, WatchList,
@@ -35,11 +35,26 @@ fn multi_thread() -> Runtime {
         .unwrap()
 }
 
+/// A multi-thread runtime whose worker threads' clocks are kept, for the scenarios' CPU bounds.
+fn multi_thread_clocked() -> (Runtime, Arc<Mutex<Vec<ThreadCpuClock>>>) {
+    let clocks: Arc<Mutex<Vec<ThreadCpuClock>>> = Arc::default();
+    let sink = Arc::clone(&clocks);
+    let runtime = Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(move || sink.lock().unwrap().push(ThreadCpuClock::current()))
+        .enable_all()
+        .build()
+        .unwrap();
+    (runtime, clocks)
+}
+
 /// A runtime and the sources attached to it, as the scenarios drive them.
 struct App {
     runtime: Runtime,
     attached: HashMap<u64, Attachment>,
     start: Instant,
+    /// The runtime's worker threads, where the drivers run (multi-thread); `None`: this thread.
+    workers: Option<Arc<Mutex<Vec<ThreadCpuClock>>>>,
 }
 
 impl App {
@@ -48,6 +63,14 @@ impl App {
             runtime,
             attached: HashMap::new(),
             start: Instant::now(),
+            workers: None,
+        }
+    }
+
+    fn clocked((runtime, workers): (Runtime, Arc<Mutex<Vec<ThreadCpuClock>>>)) -> App {
+        App {
+            workers: Some(workers),
+            ..App::new(runtime)
         }
     }
 
@@ -91,6 +114,23 @@ impl Harness for App {
     fn elapsed(&self) -> Duration {
         self.start.elapsed()
     }
+
+    /// On a multi-thread runtime the drivers run on its workers: their sums.
+    fn loop_thread_usage(&self) -> Option<ThreadUsage> {
+        let Some(workers) = &self.workers else {
+            return ThreadCpuClock::current().usage();
+        };
+        let mut total = ThreadUsage {
+            cpu: Duration::ZERO,
+            waits: Some(0),
+        };
+        for clock in workers.lock().unwrap().iter() {
+            let usage = clock.usage()?;
+            total.cpu += usage.cpu;
+            total.waits = total.waits.zip(usage.waits).map(|(a, b)| a + b);
+        }
+        Some(total)
+    }
 }
 
 fn report(failures: Vec<loopglue::testing::ScenarioFailure>) -> String {
@@ -108,7 +148,7 @@ fn tokio_current_thread_passes_every_scenario() {
 
 #[test]
 fn tokio_multi_thread_passes_every_scenario() {
-    run_all(|| App::new(multi_thread())).unwrap_or_else(|f| panic!("{}", report(f)));
+    run_all(|| App::clocked(multi_thread_clocked())).unwrap_or_else(|f| panic!("{}", report(f)));
 }
 
 fn pattern(len: usize) -> Vec<u8> {
