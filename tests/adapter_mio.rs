@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loopglue::adapters::mio::{Attachment, MioGlue};
+use loopglue::adapters::mio::{MioAttachment, MioGlue};
 use loopglue::net::{Connection, ConnectionConfig};
 use loopglue::testing::{run_all, Harness, MockLoop, SocketPeer};
 use loopglue::{
@@ -32,7 +32,7 @@ struct App {
     poll: Poll,
     events: Events,
     glue: Arc<MioGlue>,
-    attached: HashMap<u64, Attachment>,
+    attached: HashMap<u64, MioAttachment>,
     start: Instant,
     /// Whether the last poll returned the glue's waker event.
     woken: bool,
@@ -80,7 +80,7 @@ impl Harness for App {
 
     fn detach(&mut self, source: &Arc<dyn Source>) -> io::Result<()> {
         match self.attached.remove(&source.data().id()) {
-            Some(attachment) => attachment.detach(),
+            Some(attachment) => attachment.detach().map_err(|(_, error)| error),
             None => Ok(()),
         }
     }
@@ -446,7 +446,7 @@ fn c18_two_watches_on_one_fd_are_one_registration_and_a_hang_up_reaches_both() {
 #[test]
 fn attach_and_detach_from_inside_handlers_and_attach_from_another_thread() {
     let mut app = App::new();
-    let glue = Arc::new(Mutex::new(None::<Attachment>));
+    let glue = Arc::new(Mutex::new(None::<MioAttachment>));
     let (a, mut a_other) = UnixStream::pair().unwrap();
     let (b, mut b_other) = UnixStream::pair().unwrap();
     let first = SocketPeer::new(a, 64).unwrap();
@@ -584,7 +584,7 @@ fn c17_a_partial_reader_is_served_while_other_fds_keep_the_loop_busy() {
 fn the_glue_and_its_attachments_move_and_are_shared_across_threads() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<MioGlue>();
-    send_sync::<Attachment>();
+    send_sync::<MioAttachment>();
 }
 
 /// The write end of a pipe whose read end is closed reports an error (POLLERR): the glue

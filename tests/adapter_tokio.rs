@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loopglue::adapters::tokio::{attach, attach_to, Attachment};
+use loopglue::adapters::tokio::{attach, attach_to, TokioAttachment};
 use loopglue::net::{Connection, ConnectionConfig};
 use loopglue::testing::{run_all, Harness, MockLoop, SocketPeer, ThreadCpuClock, ThreadUsage};
 use loopglue::{
@@ -51,7 +51,7 @@ fn multi_thread_clocked() -> (Runtime, Arc<Mutex<Vec<ThreadCpuClock>>>) {
 /// A runtime and the sources attached to it, as the scenarios drive them.
 struct App {
     runtime: Runtime,
-    attached: HashMap<u64, Attachment>,
+    attached: HashMap<u64, TokioAttachment>,
     start: Instant,
     /// The runtime's worker threads, where the drivers run (multi-thread); `None`: this thread.
     workers: Option<Arc<Mutex<Vec<ThreadCpuClock>>>>,
@@ -89,7 +89,7 @@ impl Harness for App {
 
     fn detach(&mut self, source: &Arc<dyn Source>) -> io::Result<()> {
         match self.attached.remove(&source.data().id()) {
-            Some(attachment) => attachment.detach(),
+            Some(attachment) => attachment.detach().map_err(|(_, error)| error),
             None => Ok(()),
         }
     }
@@ -511,7 +511,7 @@ fn c18_two_watches_on_one_fd_are_one_asyncfd_and_a_hang_up_reaches_both() {
 fn attach_and_detach_from_inside_handlers_and_from_another_thread() {
     for runtime in [current_thread(), multi_thread()] {
         let mut app = App::new(runtime);
-        let slot = Arc::new(Mutex::new(None::<Attachment>));
+        let slot = Arc::new(Mutex::new(None::<TokioAttachment>));
         let (a, mut a_other) = UnixStream::pair().unwrap();
         let (b, mut b_other) = UnixStream::pair().unwrap();
         let first = SocketPeer::new(a, 64).unwrap();
@@ -609,7 +609,7 @@ fn a_runtime_dropped_before_its_attachments_leaves_detach_harmless() {
 #[test]
 fn an_attachment_moves_and_is_shared_across_threads() {
     fn send_sync<T: Send + Sync>() {}
-    send_sync::<Attachment>();
+    send_sync::<TokioAttachment>();
 }
 
 /// The write end of a pipe whose read end is closed reports an error (POLLERR): the glue

@@ -27,7 +27,7 @@
 //!   own on the first token of its range ([`MioGlue::new`]), or the application's
 //!   ([`MioGlue::with_waker`]: mio allows one waker per poll). While `process` runs, nothing
 //!   is woken: the loop will ask `poll_timeout` before it blocks.
-//! * **Removal before close** (C15): an [`Attachment`] dropped, a watch removed or a source
+//! * **Removal before close** (C15): an [`MioAttachment`] dropped, a watch removed or a source
 //!   detached is deregistered before the call returns. A registration whose fd was closed, or
 //!   whose number now names another file, is never deregistered by number, so the glue cannot
 //!   remove a registration that the application made for a new file on a recycled number.
@@ -130,7 +130,7 @@ pub struct MioGlue {
 /// every function the glue installed is uninstalled and every registration removed before
 /// the drop returns.
 #[must_use = "dropping the attachment detaches the source"]
-pub struct Attachment {
+pub struct MioAttachment {
     glue: Weak<Inner>,
     source: Option<Arc<dyn Source>>,
 }
@@ -495,7 +495,7 @@ impl MioGlue {
 
     /// Runs `source` on this glue: installs its watch, timeout, wakeup and dispatch-status
     /// functions and registers its enabled watches, then reads its dispatch status once
-    /// (C16). The source runs until the returned [`Attachment`] is dropped or detached.
+    /// (C16). The source runs until the returned [`MioAttachment`] is dropped or detached.
     ///
     /// May be called from any thread, and from inside a handler.
     ///
@@ -506,7 +506,7 @@ impl MioGlue {
     /// # Panics
     ///
     /// If the source's code panics; nothing stays installed then either.
-    pub fn attach(&self, source: Arc<dyn Source>) -> io::Result<Attachment> {
+    pub fn attach(&self, source: Arc<dyn Source>) -> io::Result<MioAttachment> {
         let weak = Arc::downgrade(&self.inner);
         let waking = weak.clone();
         let wakeup: WakeupFn = Box::new(move || {
@@ -520,7 +520,7 @@ impl MioGlue {
             Box::new(MioTimeouts(weak.clone())),
             Some(wakeup),
         )?;
-        Ok(Attachment {
+        Ok(MioAttachment {
             glue: weak,
             source: Some(source),
         })
@@ -756,7 +756,7 @@ impl Drop for MioGlue {
     }
 }
 
-impl Attachment {
+impl MioAttachment {
     /// The attached source.
     pub fn source(&self) -> &Arc<dyn Source> {
         self.source
@@ -770,13 +770,20 @@ impl Attachment {
     ///
     /// [`io::ErrorKind::InvalidInput`] when called from inside one of the source's own watch
     /// functions (not a handler: detaching from inside a handler is fine); the source then
-    /// stays attached until the glue is dropped.
+    /// stays attached, and the attachment is handed back to detach later.
     ///
     /// # Panics
     ///
     /// If a step of the detach panics (a free-data, say), after every step has run.
-    pub fn detach(mut self) -> io::Result<()> {
-        self.detach_now()
+    pub fn detach(mut self) -> Result<(), (MioAttachment, io::Error)> {
+        let source = self.source.clone();
+        match self.detach_now() {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.source = source;
+                Err((self, error))
+            }
+        }
     }
 
     fn detach_now(&mut self) -> io::Result<()> {
@@ -790,7 +797,7 @@ impl Attachment {
     }
 }
 
-impl Drop for Attachment {
+impl Drop for MioAttachment {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let _ = panic::catch_unwind(AssertUnwindSafe(|| self.detach_now()));
@@ -867,9 +874,9 @@ impl fmt::Debug for MioGlue {
     }
 }
 
-impl fmt::Debug for Attachment {
+impl fmt::Debug for MioAttachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Attachment")
+        f.debug_struct("MioAttachment")
             .field("source", &self.source.as_ref().map(|s| s.data().id()))
             .field("glue_alive", &(self.glue.strong_count() > 0))
             .finish()

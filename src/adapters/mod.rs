@@ -9,9 +9,12 @@
 //! | `mio` | `adapters::mio` | a `mio::Poll` the application runs | fds on tokens from the application's range; `process(&Events)` after each poll, `poll_timeout` before it |
 //! | `tokio` | `adapters::tokio` | a tokio runtime (current-thread or multi-thread) | one driver task per source; one `AsyncFd` per fd; timers on tokio's clock |
 //!
-//! Every adapter has the same shape: `attach(source)` returns an attachment, and dropping it
-//! detaches the source, unregistering every fd before the producer can close it (C15). Each
-//! passes [`testing::run_all`](crate::testing::run_all).
+//! Every adapter has the same shape: `attach(source)` returns an attachment
+//! (`TokioAttachment`, `MioAttachment`, `CalloopAttachment`, `GlibAttachment`), and dropping
+//! it detaches the source, unregistering every fd before the producer can close it (C15).
+//! `detach()` does the same and says what went wrong; refused (from inside one of the
+//! source's own glue callbacks) it hands the attachment back, still attached, to detach later.
+//! Each adapter passes [`testing::run_all`](crate::testing::run_all).
 
 #[cfg(feature = "calloop")]
 #[cfg_attr(docsrs, doc(cfg(feature = "calloop")))]

@@ -117,7 +117,7 @@ const DISPATCH_BATCH: usize = 64;
 
 /// Runs `source` on the tokio runtime this is called from: installs the glue's functions on
 /// it, registers its enabled watches, and spawns its driver task. The source runs until the
-/// returned [`Attachment`] is dropped or detached.
+/// returned [`TokioAttachment`] is dropped or detached.
 ///
 /// # Errors
 ///
@@ -131,7 +131,7 @@ const DISPATCH_BATCH: usize = 64;
 /// # Examples
 ///
 /// See the [module documentation](self#examples).
-pub fn attach(source: Arc<dyn Source>) -> io::Result<Attachment> {
+pub fn attach(source: Arc<dyn Source>) -> io::Result<TokioAttachment> {
     let handle = Handle::try_current().map_err(|e| {
         io::Error::new(
             io::ErrorKind::NotFound,
@@ -151,7 +151,7 @@ pub fn attach(source: Arc<dyn Source>) -> io::Result<Attachment> {
 /// # Panics
 ///
 /// If the source's code panics; nothing stays installed then.
-pub fn attach_to(handle: &Handle, source: Arc<dyn Source>) -> io::Result<Attachment> {
+pub fn attach_to(handle: &Handle, source: Arc<dyn Source>) -> io::Result<TokioAttachment> {
     // The driver's timer, made first: it tells whether the runtime has a time driver.
     let sleep = panic::catch_unwind(AssertUnwindSafe(|| {
         let _runtime = handle.enter();
@@ -194,7 +194,7 @@ pub fn attach_to(handle: &Handle, source: Arc<dyn Source>) -> io::Result<Attachm
         Some(wakeup),
     )?;
     handle.spawn(Driver::new(Arc::clone(&shared), sleep));
-    Ok(Attachment {
+    Ok(TokioAttachment {
         shared,
         source: Some(source),
     })
@@ -204,7 +204,7 @@ pub fn attach_to(handle: &Handle, source: Arc<dyn Source>) -> io::Result<Attachm
 /// the source: every function the glue installed is uninstalled and every `AsyncFd`
 /// deregistered before the drop returns, and the driver task ends.
 #[must_use = "dropping the attachment detaches the source"]
-pub struct Attachment {
+pub struct TokioAttachment {
     shared: Arc<Shared>,
     source: Option<Arc<dyn Source>>,
 }
@@ -796,7 +796,7 @@ impl Future for Driver {
     }
 }
 
-impl Attachment {
+impl TokioAttachment {
     /// The attached source.
     pub fn source(&self) -> &Arc<dyn Source> {
         self.source
@@ -820,13 +820,20 @@ impl Attachment {
     ///
     /// [`io::ErrorKind::InvalidInput`] when called from inside one of the source's own watch
     /// functions (not a handler: detaching from inside a handler is fine); the source then
-    /// stays attached, and its driver running.
+    /// stays attached, its driver running, and the attachment is handed back to detach later.
     ///
     /// # Panics
     ///
     /// If a step of the detach panics (a free-data, say), after every step has run.
-    pub fn detach(mut self) -> io::Result<()> {
-        self.detach_now()
+    pub fn detach(mut self) -> Result<(), (TokioAttachment, io::Error)> {
+        let source = self.source.clone();
+        match self.detach_now() {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.source = source;
+                Err((self, error))
+            }
+        }
     }
 
     fn detach_now(&mut self) -> io::Result<()> {
@@ -842,7 +849,7 @@ impl Attachment {
     }
 }
 
-impl Drop for Attachment {
+impl Drop for TokioAttachment {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let _ = panic::catch_unwind(AssertUnwindSafe(|| self.detach_now()));
@@ -909,10 +916,10 @@ impl TimeoutFunctions for TokioTimeouts {
     }
 }
 
-impl fmt::Debug for Attachment {
+impl fmt::Debug for TokioAttachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.shared.lock();
-        f.debug_struct("Attachment")
+        f.debug_struct("TokioAttachment")
             .field("source", &self.source.as_ref().map(|s| s.data().id()))
             .field("fds", &state.fds)
             .field("timeouts", &state.timers.len())
