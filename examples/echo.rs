@@ -7,9 +7,14 @@
 //! cargo run --release --example echo -- --clients 100 --messages 10000
 //! ```
 //!
+//! `--loop main|tokio|mio|calloop|glib` picks the event loop (the adapters need their cargo
+//! features: `cargo run --features tokio,mio,calloop,glib --example echo -- --loop glib`).
 //! The loop is chosen in one place, [`event_loop`]: everything else talks to it through the
-//! three things an application does with a loop — attach a source, detach it, run a turn.
+//! three things an application does with a loop — attach a source, detach it (both from any
+//! thread, and from inside handlers), and run a turn on its own thread.
 
+use std::collections::HashMap;
+use std::io;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,44 +23,247 @@ use std::time::{Duration, Instant};
 use loopglue::net::{Connection, ConnectionStats, Server};
 use loopglue::{MainLoop, Source};
 
-/// What the example needs from an event loop.
-trait EventLoop: Send + Sync {
-    fn attach(&self, source: Arc<dyn Source>) -> std::io::Result<()>;
-    fn detach(&self, source: &dyn Source) -> std::io::Result<()>;
-    /// Waits at most `timeout` for something to do, and does it.
-    fn turn(&self, timeout: Duration) -> std::io::Result<()>;
+/// Attaching and detaching sources: shared with the handlers, so `Send + Sync`.
+trait Attach: Send + Sync {
+    fn attach(&self, source: Arc<dyn Source>) -> io::Result<()>;
+    fn detach(&self, source: &dyn Source) -> io::Result<()>;
 }
 
-impl EventLoop for MainLoop {
-    fn attach(&self, source: Arc<dyn Source>) -> std::io::Result<()> {
+/// Running the loop, on the thread that owns it.
+trait Turn {
+    /// Waits at most about `timeout` for something to do, and does it.
+    fn turn(&mut self, timeout: Duration) -> io::Result<()>;
+}
+
+impl Attach for MainLoop {
+    fn attach(&self, source: Arc<dyn Source>) -> io::Result<()> {
         MainLoop::attach(self, source)
     }
 
-    fn detach(&self, source: &dyn Source) -> std::io::Result<()> {
+    fn detach(&self, source: &dyn Source) -> io::Result<()> {
         MainLoop::detach(self, source)
     }
+}
 
-    fn turn(&self, timeout: Duration) -> std::io::Result<()> {
+impl Turn for Arc<MainLoop> {
+    fn turn(&mut self, timeout: Duration) -> io::Result<()> {
         self.run_once(Some(timeout)).map(drop)
     }
 }
 
+/// The adapters hand out an attachment per source, which detaches it when dropped: keep them
+/// by source identity.
+#[allow(dead_code)] // unused when no adapter feature is on
+struct Attachments<A, F> {
+    attach: F,
+    attached: Mutex<HashMap<u64, A>>,
+}
+
+#[allow(dead_code)]
+impl<A, F> Attachments<A, F> {
+    fn new(attach: F) -> Attachments<A, F> {
+        Attachments {
+            attach,
+            attached: Mutex::default(),
+        }
+    }
+}
+
+impl<A, F> Attach for Attachments<A, F>
+where
+    A: Send,
+    F: Fn(Arc<dyn Source>) -> io::Result<A> + Send + Sync,
+{
+    fn attach(&self, source: Arc<dyn Source>) -> io::Result<()> {
+        let id = source.data().id();
+        let attachment = (self.attach)(source)?;
+        let replaced = lock(&self.attached).insert(id, attachment);
+        drop(replaced);
+        Ok(())
+    }
+
+    fn detach(&self, source: &dyn Source) -> io::Result<()> {
+        // Dropped outside the lock: detaching runs glue code.
+        let attachment = lock(&self.attached).remove(&source.data().id());
+        drop(attachment);
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(feature = "tokio")]
+mod tokio_loop {
+    use super::*;
+    use loopglue::adapters::tokio::attach_to;
+
+    pub(super) fn new() -> io::Result<(Arc<dyn Attach>, Box<dyn Turn>)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let attach = Attachments::new(move |source| attach_to(&handle, source));
+        Ok((Arc::new(attach), Box::new(Runtime(runtime))))
+    }
+
+    struct Runtime(tokio::runtime::Runtime);
+
+    impl Turn for Runtime {
+        fn turn(&mut self, timeout: Duration) -> io::Result<()> {
+            // The sources' driver tasks run while the runtime waits; come back often to let
+            // the caller check its progress.
+            let nap = timeout.min(Duration::from_millis(1));
+            self.0.block_on(async { tokio::time::sleep(nap).await });
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "mio")]
+mod mio_loop {
+    use super::*;
+    use loopglue::adapters::mio::MioGlue;
+
+    pub(super) fn new() -> io::Result<(Arc<dyn Attach>, Box<dyn Turn>)> {
+        let poll = mio::Poll::new()?;
+        let glue = Arc::new(MioGlue::new(
+            poll.registry(),
+            mio::Token(0)..mio::Token(usize::MAX),
+        )?);
+        let attacher = Arc::clone(&glue);
+        let attach = Attachments::new(move |source| attacher.attach(source));
+        let events = mio::Events::with_capacity(1024);
+        Ok((Arc::new(attach), Box::new(Poll { poll, glue, events })))
+    }
+
+    struct Poll {
+        poll: mio::Poll,
+        glue: Arc<MioGlue>,
+        events: mio::Events,
+    }
+
+    impl Turn for Poll {
+        fn turn(&mut self, timeout: Duration) -> io::Result<()> {
+            let wait = self.glue.poll_timeout().map_or(timeout, |t| t.min(timeout));
+            match self.poll.poll(&mut self.events, Some(wait)) {
+                Err(e) if e.kind() != io::ErrorKind::Interrupted => return Err(e),
+                _ => {}
+            }
+            self.glue.process(&self.events);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "calloop")]
+mod calloop_loop {
+    use super::*;
+    use loopglue::adapters::calloop::CalloopGlue;
+
+    pub(super) fn new() -> io::Result<(Arc<dyn Attach>, Box<dyn Turn>)> {
+        let event_loop = calloop::EventLoop::try_new().map_err(io::Error::other)?;
+        let glue = CalloopGlue::insert(&event_loop.handle())?;
+        // The loop and the glue stay on this thread; the attacher goes to the handlers.
+        let attacher = glue.attacher();
+        let attach = Attachments::new(move |source| attacher.attach(source));
+        Ok((
+            Arc::new(attach),
+            Box::new(Loop {
+                event_loop,
+                _glue: glue,
+            }),
+        ))
+    }
+
+    struct Loop {
+        event_loop: calloop::EventLoop<'static, ()>,
+        _glue: CalloopGlue<'static, ()>,
+    }
+
+    impl Turn for Loop {
+        fn turn(&mut self, timeout: Duration) -> io::Result<()> {
+            self.event_loop
+                .dispatch(timeout, &mut ())
+                .map_err(io::Error::other)
+        }
+    }
+}
+
+#[cfg(feature = "glib")]
+mod glib_loop {
+    use super::*;
+    use loopglue::adapters::glib::GlibGlue;
+
+    pub(super) fn new() -> io::Result<(Arc<dyn Attach>, Box<dyn Turn>)> {
+        let context = glib::MainContext::new();
+        let glue = GlibGlue::new(&context);
+        let attach = Attachments::new(move |source| glue.attach(source));
+        Ok((Arc::new(attach), Box::new(Context(context))))
+    }
+
+    struct Context(glib::MainContext);
+
+    impl Turn for Context {
+        fn turn(&mut self, timeout: Duration) -> io::Result<()> {
+            // A one-shot timeout bounds the wait; it is gone again once the turn is over.
+            let tick = glib::timeout_source_new(timeout, None, glib::Priority::LOW, || {
+                glib::ControlFlow::Break
+            });
+            tick.attach(Some(&self.0));
+            self.0.iteration(true);
+            tick.destroy();
+            Ok(())
+        }
+    }
+}
+
 /// The loop the example runs on: the one place to choose it.
-fn event_loop() -> Result<Arc<dyn EventLoop>, String> {
-    Ok(Arc::new(
-        MainLoop::new().map_err(|e| format!("main loop: {e}"))?,
-    ))
+fn event_loop(name: &str) -> Result<(Arc<dyn Attach>, Box<dyn Turn>), String> {
+    let made = match name {
+        "main" => MainLoop::new().map(|lp| {
+            let lp = Arc::new(lp);
+            (
+                Arc::clone(&lp) as Arc<dyn Attach>,
+                Box::new(lp) as Box<dyn Turn>,
+            )
+        }),
+        #[cfg(feature = "tokio")]
+        "tokio" => tokio_loop::new(),
+        #[cfg(feature = "mio")]
+        "mio" => mio_loop::new(),
+        #[cfg(feature = "calloop")]
+        "calloop" => calloop_loop::new(),
+        #[cfg(feature = "glib")]
+        "glib" => glib_loop::new(),
+        #[allow(unreachable_patterns)] // with every feature on
+        "tokio" | "mio" | "calloop" | "glib" => {
+            return Err(format!(
+                "--loop {name} needs the `{name}` feature: \
+                 cargo run --features {name} --example echo -- --loop {name}"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "unknown loop {other:?}: main, tokio, mio, calloop or glib"
+            ))
+        }
+    };
+    made.map_err(|e| format!("{name} loop: {e}"))
 }
 
 struct Options {
     clients: usize,
     messages: u64,
+    event_loop: String,
 }
 
 fn options() -> Result<Options, String> {
     let mut options = Options {
         clients: 4,
         messages: 5_000,
+        event_loop: "main".to_string(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -68,8 +276,14 @@ fn options() -> Result<Options, String> {
         match arg.as_str() {
             "--clients" => options.clients = value("--clients")? as usize,
             "--messages" => options.messages = value("--messages")?,
+            "--loop" => {
+                options.event_loop = args.next().ok_or("--loop takes a name")?;
+            }
             "-h" | "--help" => {
-                return Err("usage: echo [--clients N] [--messages M]".to_string());
+                return Err(
+                    "usage: echo [--clients N] [--messages M] [--loop main|tokio|mio|calloop|glib]"
+                        .to_string(),
+                );
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
@@ -97,7 +311,7 @@ fn add(total: &mut ConnectionStats, s: ConnectionStats) {
 fn run(options: &Options) -> Result<String, String> {
     let path = std::env::temp_dir().join(format!("loopglue-echo-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let looper = event_loop()?;
+    let (looper, mut turner) = event_loop(&options.event_loop)?;
 
     // The server side: every accepted connection echoes what it receives.
     let server = Server::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?;
@@ -180,7 +394,7 @@ fn run(options: &Options) -> Result<String, String> {
                 clients.len()
             ));
         }
-        looper
+        turner
             .turn(Duration::from_millis(100))
             .map_err(|e| format!("loop: {e}"))?;
     }
@@ -199,7 +413,7 @@ fn run(options: &Options) -> Result<String, String> {
         if Instant::now() > deadline {
             return Err("the server did not see every client hang up".into());
         }
-        looper
+        turner
             .turn(Duration::from_millis(100))
             .map_err(|e| format!("loop: {e}"))?;
     }
@@ -221,13 +435,14 @@ fn run(options: &Options) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "echo: {clients} clients x {messages} messages = {round_trips} round trips in {secs:.3} s \
+        "echo: {clients} clients x {messages} messages on the {name} loop = {round_trips} round trips in {secs:.3} s \
          ({rate:.0} round trips/s)\n\
          echo: every echo checked, in order; {gone} hang-ups seen by the server\n\
          echo: write watch enabled {cw} times (clients) and {sw} times (server), \
          {direct} sends written directly; read watch paused {pauses} times",
         clients = options.clients,
         messages = options.messages,
+        name = options.event_loop,
         secs = elapsed.as_secs_f64(),
         rate = round_trips as f64 / elapsed.as_secs_f64(),
         gone = server_gone.load(Ordering::Relaxed),
