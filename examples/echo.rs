@@ -29,6 +29,9 @@ trait Attach: Send + Sync {
     fn detach(&self, source: &dyn Source) -> io::Result<()>;
 }
 
+/// A loop: the half handlers share, and the half its thread runs.
+type Loop = (Arc<dyn Attach>, Box<dyn Turn>);
+
 /// Running the loop, on the thread that owns it.
 trait Turn {
     /// Waits at most about `timeout` for something to do, and does it.
@@ -99,7 +102,7 @@ mod tokio_loop {
     use super::*;
     use loopglue::adapters::tokio::attach_to;
 
-    pub(super) fn new() -> io::Result<(Arc<dyn Attach>, Box<dyn Turn>)> {
+    pub(super) fn new() -> io::Result<Loop> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -126,7 +129,7 @@ mod mio_loop {
     use super::*;
     use loopglue::adapters::mio::MioGlue;
 
-    pub(super) fn new() -> io::Result<(Arc<dyn Attach>, Box<dyn Turn>)> {
+    pub(super) fn new() -> io::Result<Loop> {
         let poll = mio::Poll::new()?;
         let glue = Arc::new(MioGlue::new(
             poll.registry(),
@@ -162,7 +165,7 @@ mod calloop_loop {
     use super::*;
     use loopglue::adapters::calloop::CalloopGlue;
 
-    pub(super) fn new() -> io::Result<(Arc<dyn Attach>, Box<dyn Turn>)> {
+    pub(super) fn new() -> io::Result<Loop> {
         let event_loop = calloop::EventLoop::try_new().map_err(io::Error::other)?;
         let glue = CalloopGlue::insert(&event_loop.handle())?;
         // The loop and the glue stay on this thread; the attacher goes to the handlers.
@@ -182,7 +185,7 @@ mod calloop_loop {
         _glue: CalloopGlue<'static, ()>,
     }
 
-    impl Turn for Loop {
+    impl Turn for Calloop {
         fn turn(&mut self, timeout: Duration) -> io::Result<()> {
             self.event_loop
                 .dispatch(timeout, &mut ())
@@ -196,7 +199,7 @@ mod glib_loop {
     use super::*;
     use loopglue::adapters::glib::GlibGlue;
 
-    pub(super) fn new() -> io::Result<(Arc<dyn Attach>, Box<dyn Turn>)> {
+    pub(super) fn new() -> io::Result<Loop> {
         let context = glib::MainContext::new();
         let glue = GlibGlue::new(&context);
         let attach = Attachments::new(move |source| glue.attach(source));
@@ -220,7 +223,7 @@ mod glib_loop {
 }
 
 /// The loop the example runs on: the one place to choose it.
-fn event_loop(name: &str) -> Result<(Arc<dyn Attach>, Box<dyn Turn>), String> {
+fn event_loop(name: &str) -> Result<Loop, String> {
     let made = match name {
         "main" => MainLoop::new().map(|lp| {
             let lp = Arc::new(lp);
