@@ -173,14 +173,14 @@ mod calloop_loop {
         let attach = Attachments::new(move |source| attacher.attach(source));
         Ok((
             Arc::new(attach),
-            Box::new(Loop {
+            Box::new(Calloop {
                 event_loop,
                 _glue: glue,
             }),
         ))
     }
 
-    struct Loop {
+    struct Calloop {
         event_loop: calloop::EventLoop<'static, ()>,
         _glue: CalloopGlue<'static, ()>,
     }
