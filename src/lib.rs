@@ -86,6 +86,20 @@
 //! Code written to libvirt's shape — six functions with integer handle and timer ids instead
 //! of watch lists — uses [`handles::HandleTable`], which runs on every loop; with the
 //! `libvirt` feature, `libvirt::register` puts the real libvirt on it.
+//!
+//! # Map of the crate
+//!
+//! | where | what | for whom |
+//! |---|---|---|
+//! | the crate root | [`Watch`], [`Timeout`], [`WatchList`], [`TimeoutList`], the function sets, [`Source`], [`SourceData`], dispatch status and wakeup | producers and glue authors |
+//! | [`contract`] | the rules C1…C18 every piece keeps, with libdbus's counterparts | everyone |
+//! | [`main_loop`] | [`MainLoop`], the built-in loop (epoll, poll(2)) | applications without a loop |
+//! | [`adapters`] | glue for tokio, mio, calloop and GLib, one cargo feature each | applications with a loop |
+//! | [`glue`] | the toolkit those are built on: per-fd merging, re-check, dispatch queue, timers | writers of glue for other loops |
+//! | [`testing`] | [`MockLoop`](testing::MockLoop), conformance scenarios, [`SocketPeer`](testing::SocketPeer) | tests of producers and of glue |
+//! | [`net`] | [`Connection`](net::Connection) and [`Server`](net::Server), a reference producer | the main job, and a model to copy |
+//! | [`handles`], `libvirt` | libvirt's event-impl shape on loopglue, and the real libvirt on it (feature `libvirt`) | libvirt users |
+//! | `dbus` | real libdbus connections and servers as sources (feature `dbus`); `PORTING.md` maps every libdbus main-loop name | libdbus users and porters |
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg(unix)]
