@@ -209,6 +209,7 @@ mod deadline;
 mod dispatch_queue;
 mod fd_registry;
 mod file_identity;
+mod id_hasher;
 mod recheck;
 mod registrar;
 mod timer_queue;

@@ -1,11 +1,12 @@
 //! `TimerQueue`: periodic timers for glue whose host loop has none of its own (C9, C10).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::deadline::Deadline;
+use super::id_hasher::IdMap;
 use crate::timeout::Timeout;
 
 /// The timeouts of a glue, as a heap of deadlines with the contract's periodic rules built
@@ -54,7 +55,7 @@ use crate::timeout::Timeout;
 /// ```
 #[derive(Default)]
 pub struct TimerQueue {
-    timers: HashMap<u64, Timer>,
+    timers: IdMap<Timer>,
     heap: BinaryHeap<Reverse<(Instant, u64, u64)>>,
     /// Collected as due and not handed out yet: (deadline, id, generation).
     collected: VecDeque<(Instant, u64, u64)>,
