@@ -1,5 +1,6 @@
 //! `Backoff`: how long to wait before retrying after libdbus ran out of memory.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -16,12 +17,16 @@ const LONGEST: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Backoff {
     next: Mutex<Duration>,
+    /// Whether a failure raised `next` above the first delay: a success (every dispatch)
+    /// reads only this.
+    raised: AtomicBool,
 }
 
 impl Backoff {
     pub(crate) fn new() -> Backoff {
         Backoff {
             next: Mutex::new(FIRST),
+            raised: AtomicBool::new(false),
         }
     }
 
@@ -30,12 +35,15 @@ impl Backoff {
         let mut next = self.next.lock();
         let delay = *next;
         *next = (delay * 2).min(LONGEST);
+        self.raised.store(true, Ordering::Release);
         delay
     }
 
     /// A success: the next failure starts from the shortest delay again.
     pub(crate) fn succeeded(&self) {
-        *self.next.lock() = FIRST;
+        if self.raised.load(Ordering::Acquire) && self.raised.swap(false, Ordering::AcqRel) {
+            *self.next.lock() = FIRST;
+        }
     }
 }
 

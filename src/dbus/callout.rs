@@ -17,6 +17,7 @@
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
@@ -30,6 +31,20 @@ thread_local! {
     /// The bridge is doing I/O or dispatching on behalf of the loop that called it: that loop
     /// is running on this thread, not blocked, so libdbus's wakeups need not reach it.
     static SERVING: Cell<u32> = const { Cell::new(0) };
+    /// How many libdbus wakeups reached the bridge on this thread while it was serving.
+    static SERVED_WAKEUPS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts a libdbus wakeup (a message queued, or output left queued) that reached the bridge
+/// while it was serving its loop on this thread.
+pub(crate) fn note_served_wakeup() {
+    SERVED_WAKEUPS.with(|n| n.set(n.get().wrapping_add(1)));
+}
+
+/// The count of [`note_served_wakeup`]: compared before and after a libdbus call made while
+/// serving, it tells whether libdbus queued a message during the call.
+pub(crate) fn served_wakeups() -> u64 {
+    SERVED_WAKEUPS.with(Cell::get)
 }
 
 /// Whether this thread is serving its loop inside the bridge (see `SERVING`).
@@ -97,6 +112,9 @@ impl Drop for Callout {
 #[derive(Default)]
 pub(crate) struct PanicSlot {
     payload: Mutex<Option<Box<dyn Any + Send>>>,
+    /// Whether `payload` may be set: `resume`, called on every bridge entry, reads only this
+    /// unless a panic was kept.
+    kept: AtomicBool,
 }
 
 impl PanicSlot {
@@ -121,6 +139,7 @@ impl PanicSlot {
                 if slot.is_none() {
                     *slot = Some(payload);
                 }
+                self.kept.store(true, Ordering::Release);
                 fallback
             }
         }
@@ -128,9 +147,10 @@ impl PanicSlot {
 
     /// Raises a kept panic, if any, on this thread (outside libdbus).
     pub(crate) fn resume(&self) {
-        if inside() {
+        if !self.kept.load(Ordering::Acquire) || inside() {
             return;
         }
+        self.kept.store(false, Ordering::Release);
         let payload = self.payload.lock().take();
         if let Some(payload) = payload {
             panic::resume_unwind(payload);
