@@ -1,6 +1,8 @@
 //! Method-call round trips per second through libdbus, side by side in one run:
 //!
 //! * **bridge**: the libdbus bridge (`loopglue::dbus`) on `MainLoop`;
+//! * **bridge, loop thread only**: the same with every connection promised to the loop's
+//!   thread (`Connection::assume_loop_thread_only`), so watches go to `dbus_watch_handle`;
 //! * **poll glue**: libdbus driven by a hand-written poll(2) glue — watches in a vector from
 //!   `dbus_connection_set_watch_functions`, `poll`, `dbus_watch_handle`, dispatch until
 //!   complete — the C-equivalent of `shared/anchors/libdbus_pingpong.c`;
@@ -196,12 +198,21 @@ mod libc_poll {
 
 // ---- peer to peer -----------------------------------------------------------------------------
 
-fn p2p_bridge(n: u32) -> f64 {
+/// Promises `conn` to the loop's thread if `confined`.
+fn confine(conn: &Connection, confined: bool) {
+    if confined {
+        // SAFETY: every benchmark case runs its connections on one thread, the loop's.
+        unsafe { conn.assume_loop_thread_only() };
+    }
+}
+
+fn p2p_bridge(n: u32, confined: bool) -> f64 {
     let main_loop = Arc::new(MainLoop::new().unwrap());
     let server = Server::listen("unix:tmpdir=/tmp").unwrap();
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let (sink, looper) = (Arc::clone(&accepted), Arc::downgrade(&main_loop));
     server.set_new_connection_function(move |conn: Connection| {
+        confine(&conn, confined);
         looper
             .upgrade()
             .unwrap()
@@ -211,6 +222,7 @@ fn p2p_bridge(n: u32) -> f64 {
     });
     main_loop.attach(Arc::new(server.clone())).unwrap();
     let client = Peer::new(Connection::open_private(&server.address()).unwrap());
+    confine(&client.conn, confined);
     main_loop.attach(Arc::new(client.conn.clone())).unwrap();
     let turn = || {
         main_loop.run_once(Some(Duration::from_secs(1))).unwrap();
@@ -361,11 +373,13 @@ fn dbus_crate_client(address: &str, bus: bool, n: u32) -> f64 {
 
 // ---- through the daemon -----------------------------------------------------------------------
 
-fn bus_bridge(address: &str, n: u32) -> f64 {
+fn bus_bridge(address: &str, n: u32, confined: bool) -> f64 {
     let main_loop = MainLoop::new().unwrap();
     let responder = Peer::new(Connection::open_bus(address).unwrap());
     assert_eq!(request_name(&responder.conn, NAME, 4), 1);
     let client = Peer::new(Connection::open_bus(address).unwrap());
+    confine(&responder.conn, confined);
+    confine(&client.conn, confined);
     main_loop.attach(Arc::new(responder.conn.clone())).unwrap();
     main_loop.attach(Arc::new(client.conn.clone())).unwrap();
     let turn = || {
@@ -422,7 +436,7 @@ fn report(case: &str, rates: &[(&str, f64)]) {
         let ratio = baseline.map_or(String::new(), |b| {
             format!("  time/call {:.3}x of poll glue", b / rate)
         });
-        println!("  {name:<11} {rate:>9.0} calls/s{ratio}");
+        println!("  {name:<24} {rate:>9.0} calls/s{ratio}");
     }
 }
 
@@ -431,9 +445,16 @@ fn main() {
         return; // cargo test --benches asks for the list of benchmarks
     }
     let n = calls();
-    // Profiling aid: `DBUS_BENCH_ONLY=bridge` or `=glue` runs that peer-to-peer case once.
+    // Profiling aid: `DBUS_BENCH_ONLY=bridge`, `=confined` or `=glue` runs that peer-to-peer
+    // case once.
     match std::env::var("DBUS_BENCH_ONLY").as_deref() {
-        Ok("bridge") => return println!("bridge {:.0} calls/s", p2p_bridge(n)),
+        Ok("bridge") => return println!("bridge {:.0} calls/s", p2p_bridge(n, false)),
+        Ok("confined") => {
+            return println!(
+                "bridge, loop thread only {:.0} calls/s",
+                p2p_bridge(n, true)
+            )
+        }
         Ok("glue") => return println!("poll glue {:.0} calls/s", p2p_poll_glue(n)),
         _ => {}
     }
@@ -441,10 +462,12 @@ fn main() {
         "dbus bench: {n} sequential method calls per run, median of {ROUNDS} alternating runs"
     );
 
-    let (mut bridge, mut glue, mut crate_) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bridge, mut confined, mut glue, mut crate_) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (p2p_address, stop) = responder_thread(None);
     for _ in 0..ROUNDS {
-        bridge.push(p2p_bridge(n));
+        bridge.push(p2p_bridge(n, false));
+        confined.push(p2p_bridge(n, true));
         glue.push(p2p_poll_glue(n));
         crate_.push(dbus_crate_client(&p2p_address, false, n));
     }
@@ -453,6 +476,7 @@ fn main() {
         "peer to peer (one thread; dbus crate: client thread + bridge responder thread)",
         &[
             ("bridge", median(bridge)),
+            ("bridge, loop thread only", median(confined)),
             ("poll glue", median(glue)),
             ("dbus crate", median(crate_)),
         ],
@@ -467,9 +491,11 @@ fn main() {
     };
     drop(found);
     let daemon = Daemon::start();
-    let (mut bridge, mut glue, mut crate_) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bridge, mut confined, mut glue, mut crate_) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        bridge.push(bus_bridge(&daemon.address, n));
+        bridge.push(bus_bridge(&daemon.address, n, false));
+        confined.push(bus_bridge(&daemon.address, n, true));
         glue.push(bus_poll_glue(&daemon.address, n));
         let (address, stop) = responder_thread(Some(daemon.address.clone()));
         crate_.push(dbus_crate_client(&address, true, n));
@@ -479,6 +505,7 @@ fn main() {
         "through dbus-daemon (one thread; dbus crate: client thread + bridge responder thread)",
         &[
             ("bridge", median(bridge)),
+            ("bridge, loop thread only", median(confined)),
             ("poll glue", median(glue)),
             ("dbus crate", median(crate_)),
         ],

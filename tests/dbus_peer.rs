@@ -8,18 +8,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use dbus_support::{payload, run_until, Peer, Reply};
+use dbus_support::{confine, every_mode, open_private, payload, run_until, Peer, Reply};
 use loopglue::dbus::{Connection, Server};
 use loopglue::{DispatchStatus, MainLoop, Source, Watch, WatchFunctions};
 
 const TICK: Option<Duration> = Some(Duration::from_millis(200));
 
 /// A server on `main_loop` whose accepted connections answer through a [`Peer`] filter.
-fn serve(main_loop: &Arc<MainLoop>) -> (Server, Arc<Mutex<Vec<Peer>>>) {
+fn serve(main_loop: &Arc<MainLoop>, confined: bool) -> (Server, Arc<Mutex<Vec<Peer>>>) {
     let server = Server::listen("unix:tmpdir=/tmp").expect("listen");
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let (sink, looper) = (Arc::clone(&accepted), Arc::downgrade(main_loop));
     server.set_new_connection_function(move |conn: Connection| {
+        confine(&conn, confined);
         let looper = looper.upgrade().expect("loop alive");
         looper
             .attach(Arc::new(conn.clone()))
@@ -32,8 +33,8 @@ fn serve(main_loop: &Arc<MainLoop>) -> (Server, Arc<Mutex<Vec<Peer>>>) {
     (server, accepted)
 }
 
-fn connect(main_loop: &MainLoop, server: &Server) -> Peer {
-    let client = Peer::new(Connection::open_private(&server.address()).expect("open"));
+fn connect(main_loop: &MainLoop, server: &Server, confined: bool) -> Peer {
+    let client = Peer::new(open_private(&server.address(), confined));
     main_loop
         .attach(Arc::new(client.conn.clone()))
         .expect("attach client");
@@ -48,64 +49,68 @@ fn step(main_loop: &MainLoop) -> impl FnMut() + '_ {
 
 #[test]
 fn ping_pong_signals_and_disconnect_on_main_loop() {
-    let main_loop = Arc::new(MainLoop::new().unwrap());
-    let (server, accepted) = serve(&main_loop);
-    let client = connect(&main_loop, &server);
-    run_until("authentication", step(&main_loop), || {
-        client.authenticated() && accepted.lock().unwrap().len() == 1
-    });
-
-    // Method call ping-pong, each answer checked.
-    for n in 0..2000u32 {
-        let serial = client.ping(None, n);
-        run_until("a reply", step(&main_loop), || {
-            client.reply(serial).is_some()
+    every_mode(|confined| {
+        let main_loop = Arc::new(MainLoop::new().unwrap());
+        let (server, accepted) = serve(&main_loop, confined);
+        let client = connect(&main_loop, &server, confined);
+        run_until("authentication", step(&main_loop), || {
+            client.authenticated() && accepted.lock().unwrap().len() == 1
         });
-        assert_eq!(client.reply(serial), Some(Reply::Number(n + 1)));
-    }
-    assert_eq!(accepted.lock().unwrap()[0].seen.lock().unwrap().calls, 2000);
 
-    // Signals both ways.
-    client.signal("FromClient");
-    accepted.lock().unwrap()[0].signal("FromServer");
-    run_until("signals", step(&main_loop), || {
-        client.seen.lock().unwrap().signals == ["FromServer"]
-            && accepted.lock().unwrap()[0].seen.lock().unwrap().signals == ["FromClient"]
-    });
+        // Method call ping-pong, each answer checked.
+        for n in 0..2000u32 {
+            let serial = client.ping(None, n);
+            run_until("a reply", step(&main_loop), || {
+                client.reply(serial).is_some()
+            });
+            assert_eq!(client.reply(serial), Some(Reply::Number(n + 1)));
+        }
+        assert_eq!(accepted.lock().unwrap()[0].seen.lock().unwrap().calls, 2000);
 
-    // Disconnect: the client closes; both ends see Disconnected, the glue loses the watches.
-    client.conn.close();
-    run_until("disconnect seen by both", step(&main_loop), || {
-        client.seen.lock().unwrap().disconnected
-            && accepted.lock().unwrap()[0]
-                .seen
-                .lock()
-                .unwrap()
-                .disconnected
+        // Signals both ways.
+        client.signal("FromClient");
+        accepted.lock().unwrap()[0].signal("FromServer");
+        run_until("signals", step(&main_loop), || {
+            client.seen.lock().unwrap().signals == ["FromServer"]
+                && accepted.lock().unwrap()[0].seen.lock().unwrap().signals == ["FromClient"]
+        });
+
+        // Disconnect: the client closes; both ends see Disconnected, the glue loses the watches.
+        client.conn.close();
+        run_until("disconnect seen by both", step(&main_loop), || {
+            client.seen.lock().unwrap().disconnected
+                && accepted.lock().unwrap()[0]
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .disconnected
+        });
+        main_loop.detach(&client.conn).unwrap();
+        let server_side = accepted.lock().unwrap().pop().unwrap();
+        main_loop.detach(&server_side.conn).unwrap();
+        main_loop.detach(&server).unwrap();
+        assert_eq!(main_loop.registered_fds(), 0, "every watch was removed");
+        assert!(!client.conn.has_watch_functions());
     });
-    main_loop.detach(&client.conn).unwrap();
-    let server_side = accepted.lock().unwrap().pop().unwrap();
-    main_loop.detach(&server_side.conn).unwrap();
-    main_loop.detach(&server).unwrap();
-    assert_eq!(main_loop.registered_fds(), 0, "every watch was removed");
-    assert!(!client.conn.has_watch_functions());
 }
 
 #[test]
 fn sixteen_mib_both_ways_intact() {
-    let main_loop = Arc::new(MainLoop::new().unwrap());
-    let (server, accepted) = serve(&main_loop);
-    let client = connect(&main_loop, &server);
-    let big = payload(16 << 20, 7);
-    let serial = client.echo(None, &big);
-    run_until("the 16 MiB echo", step(&main_loop), || {
-        client.reply(serial).is_some()
+    every_mode(|confined| {
+        let main_loop = Arc::new(MainLoop::new().unwrap());
+        let (server, accepted) = serve(&main_loop, confined);
+        let client = connect(&main_loop, &server, confined);
+        let big = payload(16 << 20, 7);
+        let serial = client.echo(None, &big);
+        run_until("the 16 MiB echo", step(&main_loop), || {
+            client.reply(serial).is_some()
+        });
+        assert!(
+            client.reply(serial) == Some(Reply::Bytes(big)),
+            "payload corrupted"
+        );
+        assert_eq!(accepted.lock().unwrap().len(), 1);
     });
-    assert!(
-        client.reply(serial) == Some(Reply::Bytes(big)),
-        "payload corrupted"
-    );
-    assert_eq!(accepted.lock().unwrap().len(), 1);
 }
 
 /// libdbus 1.14: a call pending when the connection drops gets no notification; libdbus
@@ -113,35 +118,37 @@ fn sixteen_mib_both_ways_intact() {
 /// filters, followed by Disconnected. This pins down what really happens.
 #[test]
 fn call_pending_at_disconnect_reaches_the_filters_not_the_notify() {
-    let main_loop = Arc::new(MainLoop::new().unwrap());
-    let (server, accepted) = serve(&main_loop);
-    let client = connect(&main_loop, &server);
-    let serial = client.stall(None);
-    run_until("the server to hold the call", step(&main_loop), || {
-        accepted
-            .lock()
-            .unwrap()
-            .first()
-            .is_some_and(|p| p.seen.lock().unwrap().stalled == 1)
+    every_mode(|confined| {
+        let main_loop = Arc::new(MainLoop::new().unwrap());
+        let (server, accepted) = serve(&main_loop, confined);
+        let client = connect(&main_loop, &server, confined);
+        let serial = client.stall(None);
+        run_until("the server to hold the call", step(&main_loop), || {
+            accepted
+                .lock()
+                .unwrap()
+                .first()
+                .is_some_and(|p| p.seen.lock().unwrap().stalled == 1)
+        });
+        // The server drops the connection without answering.
+        let server_side = accepted.lock().unwrap().pop().unwrap();
+        main_loop.detach(&server_side.conn).unwrap();
+        drop(server_side); // the bridge owns accepted connections: this closes it
+        run_until("the client to see the disconnect", step(&main_loop), || {
+            client.seen.lock().unwrap().disconnected
+        });
+        let seen = client.seen.lock().unwrap();
+        assert_eq!(
+            seen.replies.get(&serial),
+            None,
+            "the pending call's notify never ran"
+        );
+        assert_eq!(
+            seen.filtered_errors,
+            [("org.freedesktop.DBus.Error.NoReply".to_string(), serial)],
+            "the NoReply error went to the filters"
+        );
     });
-    // The server drops the connection without answering.
-    let server_side = accepted.lock().unwrap().pop().unwrap();
-    main_loop.detach(&server_side.conn).unwrap();
-    drop(server_side); // the bridge owns accepted connections: this closes it
-    run_until("the client to see the disconnect", step(&main_loop), || {
-        client.seen.lock().unwrap().disconnected
-    });
-    let seen = client.seen.lock().unwrap();
-    assert_eq!(
-        seen.replies.get(&serial),
-        None,
-        "the pending call's notify never ran"
-    );
-    assert_eq!(
-        seen.filtered_errors,
-        [("org.freedesktop.DBus.Error.NoReply".to_string(), serial)],
-        "the NoReply error went to the filters"
-    );
 }
 
 /// C11 for a libdbus source: a glue whose `toggled` dispatches. The server answers `Echo`
@@ -175,85 +182,90 @@ impl WatchFunctions for DispatchingGlue {
 
 #[test]
 fn a_glue_that_dispatches_from_toggled_does_not_hang() {
-    let (done, finished) = std::sync::mpsc::channel();
-    let dispatched = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&dispatched);
-    // On a thread of its own, so that a hang fails the test instead of stalling it.
-    std::thread::spawn(move || {
-        let main_loop = Arc::new(MainLoop::new().unwrap());
-        let server = Server::listen("unix:tmpdir=/tmp").expect("listen");
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let (sink, looper) = (Arc::clone(&kept), Arc::downgrade(&main_loop));
-        server.set_new_connection_function(move |conn: Connection| {
-            let looper = looper.upgrade().expect("loop alive");
-            let source = Arc::new(conn.clone());
-            looper.attach(source.clone()).expect("attach accepted");
-            // Swap MainLoop's watch glue for the careless one, which still registers with
-            // the same loop.
-            source
-                .set_watch_functions(None)
-                .map_err(|e| e.into_error())
-                .unwrap();
-            source
-                .set_watch_functions(Some(Box::new(DispatchingGlue {
-                    inner: looper.watch_functions(),
-                    source: Arc::downgrade(&source),
-                    dispatched: Arc::clone(&counter),
-                })))
-                .map_err(|e| e.into_error())
-                .unwrap();
-            sink.lock().unwrap().push((Peer::new(conn), source));
+    every_mode(|confined| {
+        let (done, finished) = std::sync::mpsc::channel();
+        let dispatched = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&dispatched);
+        // On a thread of its own, so that a hang fails the test instead of stalling it.
+        std::thread::spawn(move || {
+            let main_loop = Arc::new(MainLoop::new().unwrap());
+            let server = Server::listen("unix:tmpdir=/tmp").expect("listen");
+            let kept = Arc::new(Mutex::new(Vec::new()));
+            let (sink, looper) = (Arc::clone(&kept), Arc::downgrade(&main_loop));
+            server.set_new_connection_function(move |conn: Connection| {
+                confine(&conn, confined);
+                let looper = looper.upgrade().expect("loop alive");
+                let source = Arc::new(conn.clone());
+                looper.attach(source.clone()).expect("attach accepted");
+                // Swap MainLoop's watch glue for the careless one, which still registers with
+                // the same loop.
+                source
+                    .set_watch_functions(None)
+                    .map_err(|e| e.into_error())
+                    .unwrap();
+                source
+                    .set_watch_functions(Some(Box::new(DispatchingGlue {
+                        inner: looper.watch_functions(),
+                        source: Arc::downgrade(&source),
+                        dispatched: Arc::clone(&counter),
+                    })))
+                    .map_err(|e| e.into_error())
+                    .unwrap();
+                sink.lock().unwrap().push((Peer::new(conn), source));
+            });
+            main_loop
+                .attach(Arc::new(server.clone()))
+                .expect("attach server");
+            let client = connect(&main_loop, &server, confined);
+            // Two calls queued at the server: while the first one's reply is being sent, the
+            // second one is waiting, so a nested dispatch would have work to take.
+            let big = payload(4 << 20, 3);
+            let first = client.echo(None, &big);
+            let second = client.ping(None, 1);
+            run_until("both replies", step(&main_loop), || {
+                client.reply(first).is_some() && client.reply(second).is_some()
+            });
+            let _ = done.send(
+                client.reply(first) == Some(Reply::Bytes(big))
+                    && client.reply(second) == Some(Reply::Number(2)),
+            );
         });
-        main_loop
-            .attach(Arc::new(server.clone()))
-            .expect("attach server");
-        let client = connect(&main_loop, &server);
-        // Two calls queued at the server: while the first one's reply is being sent, the
-        // second one is waiting, so a nested dispatch would have work to take.
-        let big = payload(4 << 20, 3);
-        let first = client.echo(None, &big);
-        let second = client.ping(None, 1);
-        run_until("both replies", step(&main_loop), || {
-            client.reply(first).is_some() && client.reply(second).is_some()
-        });
-        let _ = done.send(
-            client.reply(first) == Some(Reply::Bytes(big))
-                && client.reply(second) == Some(Reply::Number(2)),
+        let intact = finished
+            .recv_timeout(dbus_support::DEADLINE)
+            .expect("hung inside libdbus: dispatch from toggled re-entered the connection");
+        assert!(intact);
+        assert!(
+            dispatched.load(Ordering::Relaxed) > 0,
+            "the glue's toggled ran and dispatched"
         );
     });
-    let intact = finished
-        .recv_timeout(dbus_support::DEADLINE)
-        .expect("hung inside libdbus: dispatch from toggled re-entered the connection");
-    assert!(intact);
-    assert!(
-        dispatched.load(Ordering::Relaxed) > 0,
-        "the glue's toggled ran and dispatched"
-    );
 }
 
 #[test]
 fn detach_restores_libdbus_to_no_functions_and_reattach_works() {
-    let main_loop = Arc::new(MainLoop::new().unwrap());
-    let (server, _accepted) = serve(&main_loop);
-    let client = connect(&main_loop, &server);
-    run_until("authentication", step(&main_loop), || {
-        client.authenticated()
+    every_mode(|confined| {
+        let main_loop = Arc::new(MainLoop::new().unwrap());
+        let (server, _accepted) = serve(&main_loop, confined);
+        let client = connect(&main_loop, &server, confined);
+        run_until("authentication", step(&main_loop), || {
+            client.authenticated()
+        });
+        main_loop.detach(&client.conn).unwrap();
+        assert!(!client.conn.has_watch_functions());
+        // Another loop takes it over.
+        let second = MainLoop::new().unwrap();
+        second.attach(Arc::new(client.conn.clone())).unwrap();
+        let serial = client.ping(None, 41);
+        run_until(
+            "a reply across two loops",
+            || {
+                main_loop.run_once(Some(Duration::from_millis(5))).unwrap();
+                second.run_once(Some(Duration::from_millis(5))).unwrap();
+            },
+            || client.reply(serial).is_some(),
+        );
+        assert_eq!(client.reply(serial), Some(Reply::Number(42)));
     });
-    main_loop.detach(&client.conn).unwrap();
-    assert!(!client.conn.has_watch_functions());
-    // Another loop takes it over.
-    let second = MainLoop::new().unwrap();
-    second.attach(Arc::new(client.conn.clone())).unwrap();
-    let serial = client.ping(None, 41);
-    run_until(
-        "a reply across two loops",
-        || {
-            main_loop.run_once(Some(Duration::from_millis(5))).unwrap();
-            second.run_once(Some(Duration::from_millis(5))).unwrap();
-        },
-        || client.reply(serial).is_some(),
-    );
-    assert_eq!(client.reply(serial), Some(Reply::Number(42)));
 }
 
 /// The bridge on `MockLoop`: real sockets, virtual time. libdbus's objects reach the glue one
@@ -262,94 +274,97 @@ fn detach_restores_libdbus_to_no_functions_and_reattach_works() {
 /// `dbus_timeout_handle` once 25 s of virtual time pass — no waiting.
 #[test]
 fn on_mock_loop_objects_map_one_to_one_and_a_call_times_out_in_virtual_time() {
-    use loopglue::testing::{MockEvent, MockLoop};
-    let mock = Arc::new(MockLoop::new());
-    let server = Server::listen("unix:tmpdir=/tmp").expect("listen");
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let (sink, looper) = (Arc::clone(&accepted), Arc::downgrade(&mock));
-    server.set_new_connection_function(move |conn: Connection| {
-        looper
-            .upgrade()
-            .unwrap()
-            .attach(Arc::new(conn.clone()))
-            .unwrap();
-        sink.lock().unwrap().push(Peer::new(conn));
-    });
-    mock.attach(Arc::new(server.clone())).unwrap();
-    let client = Peer::new(Connection::open_private(&server.address()).unwrap());
-    {
+    every_mode(|confined| {
+        use loopglue::testing::{MockEvent, MockLoop};
+        let mock = Arc::new(MockLoop::new());
+        let server = Server::listen("unix:tmpdir=/tmp").expect("listen");
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let (sink, looper) = (Arc::clone(&accepted), Arc::downgrade(&mock));
+        server.set_new_connection_function(move |conn: Connection| {
+            confine(&conn, confined);
+            looper
+                .upgrade()
+                .unwrap()
+                .attach(Arc::new(conn.clone()))
+                .unwrap();
+            sink.lock().unwrap().push(Peer::new(conn));
+        });
+        mock.attach(Arc::new(server.clone())).unwrap();
+        let client = Peer::new(open_private(&server.address(), confined));
+        {
+            mock.take_log();
+            mock.attach(Arc::new(client.conn.clone())).unwrap();
+            let log = mock.take_log();
+            let watches: Vec<_> = log
+                .iter()
+                .filter_map(|e| match e {
+                    MockEvent::WatchAdded { fd, flags, .. } => Some((*fd, *flags)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(watches.len(), 2, "a read and a write DBusWatch: {log:?}");
+            assert_eq!(watches[0].0, watches[1].0, "on one socket");
+            let flags: Vec<_> = watches.iter().map(|w| w.1).collect();
+            assert!(flags.contains(&loopglue::WatchFlags::READABLE));
+            assert!(flags.contains(&loopglue::WatchFlags::WRITABLE));
+        }
+        let pump = || {
+            mock.poll_fds();
+        };
+        run_until("authentication", pump, || {
+            client.authenticated() && accepted.lock().unwrap().len() == 1
+        });
+
+        // A call that is answered: its timeout comes and goes.
         mock.take_log();
-        mock.attach(Arc::new(client.conn.clone())).unwrap();
+        let serial = client.ping(None, 1);
+        run_until("the reply", pump, || client.reply(serial).is_some());
+        assert_eq!(client.reply(serial), Some(Reply::Number(2)));
         let log = mock.take_log();
-        let watches: Vec<_> = log
+        let added: Vec<_> = log
             .iter()
             .filter_map(|e| match e {
-                MockEvent::WatchAdded { fd, flags, .. } => Some((*fd, *flags)),
+                MockEvent::TimeoutAdded {
+                    id,
+                    interval,
+                    enabled: true,
+                } => Some((*id, *interval)),
                 _ => None,
             })
             .collect();
-        assert_eq!(watches.len(), 2, "a read and a write DBusWatch: {log:?}");
-        assert_eq!(watches[0].0, watches[1].0, "on one socket");
-        let flags: Vec<_> = watches.iter().map(|w| w.1).collect();
-        assert!(flags.contains(&loopglue::WatchFlags::READABLE));
-        assert!(flags.contains(&loopglue::WatchFlags::WRITABLE));
-    }
-    let pump = || {
-        mock.poll_fds();
-    };
-    run_until("authentication", pump, || {
-        client.authenticated() && accepted.lock().unwrap().len() == 1
-    });
+        assert_eq!(
+            added.len(),
+            1,
+            "one DBusTimeout for the pending call: {log:?}"
+        );
+        assert_eq!(
+            added[0].1,
+            Duration::from_secs(25),
+            "libdbus's default reply timeout"
+        );
+        assert!(
+            log.iter()
+                .any(|e| matches!(e, MockEvent::TimeoutRemoved { id } if *id == added[0].0)),
+            "removed when the reply arrived: {log:?}"
+        );
 
-    // A call that is answered: its timeout comes and goes.
-    mock.take_log();
-    let serial = client.ping(None, 1);
-    run_until("the reply", pump, || client.reply(serial).is_some());
-    assert_eq!(client.reply(serial), Some(Reply::Number(2)));
-    let log = mock.take_log();
-    let added: Vec<_> = log
-        .iter()
-        .filter_map(|e| match e {
-            MockEvent::TimeoutAdded {
-                id,
-                interval,
-                enabled: true,
-            } => Some((*id, *interval)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        added.len(),
-        1,
-        "one DBusTimeout for the pending call: {log:?}"
-    );
-    assert_eq!(
-        added[0].1,
-        Duration::from_secs(25),
-        "libdbus's default reply timeout"
-    );
-    assert!(
-        log.iter()
-            .any(|e| matches!(e, MockEvent::TimeoutRemoved { id } if *id == added[0].0)),
-        "removed when the reply arrived: {log:?}"
-    );
-
-    // A call that is never answered: 25 s of virtual time later, libdbus's timeout handler
-    // completes it with NoReply, through the pending call's notify this time.
-    let serial = client.stall(None);
-    run_until("the server to hold the call", pump, || {
-        accepted.lock().unwrap()[0].seen.lock().unwrap().stalled == 1
+        // A call that is never answered: 25 s of virtual time later, libdbus's timeout handler
+        // completes it with NoReply, through the pending call's notify this time.
+        let serial = client.stall(None);
+        run_until("the server to hold the call", pump, || {
+            accepted.lock().unwrap()[0].seen.lock().unwrap().stalled == 1
+        });
+        assert_eq!(client.reply(serial), None);
+        mock.advance(Duration::from_secs(24));
+        assert_eq!(client.reply(serial), None, "not before its time");
+        mock.advance(Duration::from_secs(1));
+        run_until("the NoReply", pump, || client.reply(serial).is_some());
+        assert_eq!(
+            client.reply(serial),
+            Some(Reply::Error("org.freedesktop.DBus.Error.NoReply".into()))
+        );
+        assert!(client.conn.is_connected());
     });
-    assert_eq!(client.reply(serial), None);
-    mock.advance(Duration::from_secs(24));
-    assert_eq!(client.reply(serial), None, "not before its time");
-    mock.advance(Duration::from_secs(1));
-    run_until("the NoReply", pump, || client.reply(serial).is_some());
-    assert_eq!(
-        client.reply(serial),
-        Some(Reply::Error("org.freedesktop.DBus.Error.NoReply".into()))
-    );
-    assert!(client.conn.is_connected());
 }
 
 /// A glue whose `toggled` panics once, after doing its job.
@@ -377,49 +392,51 @@ impl WatchFunctions for PanickyGlue {
 /// C; it is kept and raised by the next bridge call the loop makes, and nothing is lost.
 #[test]
 fn a_glue_panic_inside_libdbus_reaches_the_loop_and_loses_nothing() {
-    let main_loop = Arc::new(MainLoop::new().unwrap());
-    let (server, _accepted) = serve(&main_loop);
-    let client = connect(&main_loop, &server);
-    run_until("authentication", step(&main_loop), || {
-        client.authenticated()
+    every_mode(|confined| {
+        let main_loop = Arc::new(MainLoop::new().unwrap());
+        let (server, _accepted) = serve(&main_loop, confined);
+        let client = connect(&main_loop, &server, confined);
+        run_until("authentication", step(&main_loop), || {
+            client.authenticated()
+        });
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        client
+            .conn
+            .set_watch_functions(None)
+            .map_err(|e| e.into_error())
+            .unwrap();
+        client
+            .conn
+            .set_watch_functions(Some(Box::new(PanickyGlue {
+                inner: main_loop.watch_functions(),
+                armed: Arc::clone(&armed),
+            })))
+            .map_err(|e| e.into_error())
+            .unwrap();
+        let big = payload(4 << 20, 21);
+        // The send toggles the write watch inside libdbus: the glue panics there.
+        let serial = client.echo(None, &big);
+        assert!(
+            !armed.load(Ordering::Acquire),
+            "the glue's toggled ran and panicked"
+        );
+        let mut caught = None;
+        run_until(
+            "the echo",
+            || {
+                let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    main_loop.run_once(TICK).unwrap();
+                }));
+                if let Err(payload) = turn {
+                    caught = payload.downcast_ref::<&str>().map(|s| s.to_string());
+                }
+            },
+            || client.reply(serial).is_some(),
+        );
+        assert_eq!(caught.as_deref(), Some("glue toggled failed"));
+        assert!(
+            client.reply(serial) == Some(Reply::Bytes(big)),
+            "payload corrupted"
+        );
     });
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    client
-        .conn
-        .set_watch_functions(None)
-        .map_err(|e| e.into_error())
-        .unwrap();
-    client
-        .conn
-        .set_watch_functions(Some(Box::new(PanickyGlue {
-            inner: main_loop.watch_functions(),
-            armed: Arc::clone(&armed),
-        })))
-        .map_err(|e| e.into_error())
-        .unwrap();
-    let big = payload(4 << 20, 21);
-    // The send toggles the write watch inside libdbus: the glue panics there.
-    let serial = client.echo(None, &big);
-    assert!(
-        !armed.load(Ordering::Acquire),
-        "the glue's toggled ran and panicked"
-    );
-    let mut caught = None;
-    run_until(
-        "the echo",
-        || {
-            let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                main_loop.run_once(TICK).unwrap();
-            }));
-            if let Err(payload) = turn {
-                caught = payload.downcast_ref::<&str>().map(|s| s.to_string());
-            }
-        },
-        || client.reply(serial).is_some(),
-    );
-    assert_eq!(caught.as_deref(), Some("glue toggled failed"));
-    assert!(
-        client.reply(serial) == Some(Reply::Bytes(big)),
-        "payload corrupted"
-    );
 }

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use super::announcer::Announcer;
 use super::backoff::Backoff;
 use super::callout::{self, Callout, PanicSlot, Serving};
+use super::confinement::Confinement;
 use super::error::{new_error, Error};
 use super::ffi;
 use super::gate::Gate;
@@ -55,7 +56,10 @@ const DEFERRED_DISPATCH: u8 = 2;
 ///   needs that lock). `read_write` needs only the connection, which the bridge holds a
 ///   reference to, so a report racing a disconnect on another thread is harmless. It reads and
 ///   writes exactly what `dbus_watch_handle` would (one 2 KiB chunk per call, only while
-///   libdbus's read watch is enabled), after one extra `poll(2)` with a zero timeout.
+///   libdbus's read watch is enabled), after one extra `poll(2)` with a zero timeout. A
+///   program that uses the connection from its loop's thread only — most C programs — can
+///   promise so with [`assume_loop_thread_only`](Self::assume_loop_thread_only), and the
+///   bridge then calls `dbus_watch_handle` like a C glue.
 /// * **Removal does not wait for running handlers** (`ObjectList::remove_nowait`): libdbus
 ///   removes with its lock held and the handlers take it. Timeout handlers go through a gate
 ///   that a removal closes, and a `DBusTimeout` is not freed while a handler may still pass it
@@ -123,6 +127,11 @@ struct Inner {
     wakeup_function: AtomicBool,
     status_function: AtomicBool,
     deferred: AtomicU8,
+    /// Whether the user promised to keep the connection on its loop's thread, so that watch
+    /// handlers may pass the `DBusWatch` to `dbus_watch_handle`.
+    confinement: Arc<Confinement>,
+    /// Watches paused after `dbus_watch_handle` ran out of memory.
+    paused: Mutex<Vec<Arc<MirroredWatch>>>,
     /// Zero-interval timeout that runs work deferred out of a call-out.
     kick: Timeout,
     /// Out-of-memory retry, restarted with the backoff's delay.
@@ -159,6 +168,29 @@ impl RelayPtr {
 /// A `DBusTimeout` pointer captured by its handler.
 #[derive(Clone, Copy)]
 struct TimeoutPtr(*mut ffi::DBusTimeout);
+
+/// A `DBusWatch` pointer captured by its handler.
+#[derive(Clone, Copy)]
+struct WatchPtr(*mut ffi::DBusWatch);
+
+// SAFETY: handlers pass the pointer to libdbus only on a confined connection, after its gate
+// was found open inside a counted window (see `watch_ready` and `Confinement`).
+unsafe impl Send for WatchPtr {}
+// SAFETY: as above.
+unsafe impl Sync for WatchPtr {}
+
+/// One `DBusWatch` as the bridge mirrors it: the data libdbus keeps on the watch.
+struct MirroredWatch {
+    /// The loopglue watch, until libdbus removes the `DBusWatch`.
+    gate: Gate<Watch>,
+    /// What libdbus last asked for; a watch paused for lack of memory returns to this.
+    wanted: AtomicBool,
+    /// Replaced by a newer mirror when libdbus added the watch again (new glue functions): its
+    /// data's free function then does not mean the `DBusWatch` is being freed.
+    superseded: AtomicBool,
+    /// The connection's confinement, told when libdbus frees the `DBusWatch`.
+    confinement: Arc<Confinement>,
+}
 
 // SAFETY: handlers pass the pointer to libdbus only through the gate, which keeps it valid
 // (see `timeout_due`); libdbus timeouts may be handled from any thread.
@@ -306,6 +338,8 @@ impl Connection {
                 wakeup_function: AtomicBool::new(false),
                 status_function: AtomicBool::new(false),
                 deferred: AtomicU8::new(0),
+                confinement: Arc::new(Confinement::default()),
+                paused: Mutex::new(Vec::new()),
                 kick,
                 retry,
                 backoff: Backoff::new(),
@@ -360,6 +394,75 @@ impl Connection {
     pub fn has_watch_functions(&self) -> bool {
         self.owner.inner.watch_functions.load(Ordering::Acquire)
     }
+
+    /// Promises that nothing disconnects this connection on another thread while its loop
+    /// may be running it, so that the bridge can answer a ready watch the way a C glue
+    /// does: with `dbus_watch_handle` on the `DBusWatch` itself, instead of
+    /// `dbus_connection_read_write(conn, 0)`, which polls the fd once more before it reads.
+    /// That is one system call fewer per readiness (a message, most of the time), and less
+    /// work inside libdbus: the bridge's time per method call drops to that of a hand-written
+    /// poll glue (BENCHMARKS.md). It is how most C programs use libdbus — one thread.
+    ///
+    /// The promise holds from this call until the last handle of this bridge is dropped;
+    /// there is no way back. Every handle of this bridge (clones) shares it.
+    ///
+    /// # Safety
+    ///
+    /// libdbus frees a connection's `DBusWatch`es when the transport disconnects, under its
+    /// connection lock, on whichever thread found the disconnect, while `dbus_watch_handle`
+    /// reads the watch before it takes that lock. So, from this call on, no libdbus call that
+    /// can disconnect the connection may run on one thread while one of its watch handlers
+    /// may be running on another. Calls that can disconnect it: everything that reads or
+    /// writes the socket (`dbus_connection_send` and everything that sends —
+    /// `dbus_connection_send_with_reply`, `dbus_bus_*` calls, replies —,
+    /// `dbus_connection_flush`, `dbus_connection_read_write[_dispatch]`,
+    /// `dbus_connection_send_with_reply_and_block`, `dbus_pending_call_block`, since a read
+    /// or write that fails disconnects), `dbus_connection_close` and [`close`](Self::close),
+    /// and dropping the last handle of a connection the bridge owns (which closes it).
+    /// Watch handlers run whenever the glue the connection is attached to runs its loop's
+    /// handlers — for `MainLoop`, inside `run` / `run_once` — so the simple way to keep the
+    /// promise is to do all of the above on the thread that runs that loop (from the loop's
+    /// own callbacks, libdbus's message handlers and pending-call notifications, or between
+    /// iterations), which is what a single-threaded program does anyway.
+    ///
+    /// Safe on any thread, at any time: reading the dispatch status, dispatching (the loop
+    /// does it), libdbus calls that neither read nor write the socket (building messages,
+    /// filters, object paths, data slots), attaching and detaching, and everything a
+    /// connection that was never confined allows once no handler can run any more (the
+    /// connection detached from every loop, or the loops stopped).
+    ///
+    /// What the bridge checks: if libdbus frees a watch while a handler on another thread is
+    /// between its check of the watch and libdbus's lock, the process aborts with a message
+    /// rather than let the handler read freed memory (the check covers every interleaving of
+    /// libdbus 1.14's frees with the bridge's handlers, at the price of two atomic
+    /// operations per readiness); a broken promise that is caught may also abort in a race
+    /// that would have been harmless.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use loopglue::dbus::Connection;
+    /// use loopglue::MainLoop;
+    ///
+    /// let main_loop = MainLoop::new()?;
+    /// let connection = Connection::open_bus("unix:path=/run/user/1000/bus")?;
+    /// // SAFETY: this program sends, calls and closes only on this thread, which runs the loop.
+    /// unsafe { connection.assume_loop_thread_only() };
+    /// main_loop.attach(Arc::new(connection.clone()))?;
+    /// main_loop.run()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "dbus_watch_handle")]
+    pub unsafe fn assume_loop_thread_only(&self) {
+        self.owner.inner.confinement.promise();
+    }
+
+    /// Whether [`assume_loop_thread_only`](Self::assume_loop_thread_only) was called on a
+    /// handle of this bridge.
+    pub fn is_loop_thread_only(&self) -> bool {
+        self.owner.inner.confinement.is_promised()
+    }
 }
 
 impl Inner {
@@ -373,23 +476,84 @@ impl Inner {
 
     // ---- work the loop asks for -------------------------------------------------------
 
-    /// A watch's fd is ready.
-    fn watch_ready(&self) {
+    /// A watch's fd is ready: `dbus_watch_handle` on a confined connection, else I/O through
+    /// the connection alone.
+    fn watch_ready(&self, mirror: &Weak<MirroredWatch>, watch: WatchPtr, ready: WatchFlags) {
         if callout::inside() {
             self.defer(DEFERRED_IO);
             return;
         }
+        match self.confinement.enter() {
+            Some(window) => {
+                let _serving = Serving::enter();
+                // Counted in (the window) before the gate is read: see `Confinement`.
+                let mirror = mirror.upgrade().filter(|mirror| mirror.gate.is_open());
+                if let Some(mirror) = mirror {
+                    // SAFETY: the gate was open after this handler was counted in, so libdbus
+                    // had not freed the watch then (it closes the gate first, in the remove
+                    // trampoline), and it frees a connection's watches only when the
+                    // transport disconnects (or the connection is finalized, which the
+                    // bridge's reference rules out). The user promised that no disconnect
+                    // happens on another thread while this handler runs, and a broken promise
+                    // aborts in `watch_freed` before the free. A disconnect on this thread
+                    // happens inside this call, where libdbus holds its own reference to the
+                    // watch.
+                    let handled =
+                        unsafe { sys::dbus_watch_handle(watch.0, u32::from(ready.bits())) };
+                    drop(window);
+                    // `dbus_watch_handle` moves complete messages to the incoming queue and
+                    // reports the status itself (the wakeup and status trampolines tell the
+                    // glue).
+                    if handled == 0 {
+                        self.pause(mirror);
+                    }
+                }
+            }
+            None => self.read_write_now(),
+        }
+        self.panics.resume();
+    }
+
+    /// I/O through the connection alone, for a ready watch of a connection that is not
+    /// confined, and for I/O deferred out of a call-out.
+    fn read_write_now(&self) {
         let _serving = Serving::enter();
+        let wakeups = callout::served_wakeups();
         // SAFETY: a live connection (this bridge holds a reference). No watch pointer is
         // used, so a disconnect on another thread that frees the watches is harmless.
         unsafe { sys::dbus_connection_read_write(self.ptr(), 0) };
-        // `read_write` leaves what it read in the transport; asking for the status moves
-        // complete messages to the incoming queue (libdbus's wakeup then tells the glue), as
-        // `dbus_watch_handle` does on its way out.
-        if self.read_status() == DispatchStatus::DataRemains {
+        // `read_write` queues the complete messages it reads (libdbus's wakeup, on this
+        // thread, tells the glue) but never reports the status. When it queued nothing, the
+        // status is read, as `dbus_watch_handle` does on its way out: that moves messages a
+        // completed authentication left behind to the incoming queue, and reports
+        // `NEED_MEMORY` if queueing ran out of memory. When it queued something, the glue will
+        // dispatch, and the dispatch reports both.
+        if callout::served_wakeups() == wakeups && self.read_status() == DispatchStatus::DataRemains
+        {
             self.announcer.data_remains();
         }
-        self.panics.resume();
+    }
+
+    /// `dbus_watch_handle` ran out of memory: pause the watch and retry later instead of
+    /// spinning on it (the fd stays ready).
+    fn pause(&self, mirror: Arc<MirroredWatch>) {
+        if let Some(object) = mirror.gate.object() {
+            let _ = self.watches.toggle(&object, false);
+            self.paused.lock().push(mirror);
+            self.schedule_retry();
+        }
+    }
+
+    /// Watches paused for lack of memory return to what libdbus last asked for.
+    fn resume_paused(&self) {
+        let paused = std::mem::take(&mut *self.paused.lock());
+        for mirror in paused {
+            if let Some(object) = mirror.gate.object() {
+                let _ = self
+                    .watches
+                    .toggle(&object, mirror.wanted.load(Ordering::Acquire));
+            }
+        }
     }
 
     /// A mirrored libdbus timeout fell due.
@@ -463,7 +627,7 @@ impl Inner {
         let _ = self.timeouts.toggle(&self.kick, false);
         let work = self.deferred.swap(0, Ordering::AcqRel);
         if work & DEFERRED_IO != 0 {
-            self.watch_ready();
+            self.read_write_now();
         }
         if work & DEFERRED_DISPATCH != 0 {
             self.dispatch_batch();
@@ -490,6 +654,7 @@ impl Inner {
             return;
         }
         let _ = self.timeouts.toggle(&self.retry, false);
+        self.resume_paused();
         self.dispatch_batch();
         self.panics.resume();
     }
@@ -509,10 +674,16 @@ impl Inner {
             )
         };
         let flags = WatchFlags::from_bits_truncate(flags as u8) & WatchFlags::INTEREST;
-        let me = self.me.clone();
-        let handler = move |_: WatchFlags| {
+        let mirror = Arc::new(MirroredWatch {
+            gate: Gate::new(),
+            wanted: AtomicBool::new(enabled),
+            superseded: AtomicBool::new(false),
+            confinement: Arc::clone(&self.confinement),
+        });
+        let (me, weak, pointer) = (self.me.clone(), Arc::downgrade(&mirror), WatchPtr(watch));
+        let handler = move |ready: WatchFlags| {
             if let Some(inner) = me.upgrade() {
-                inner.watch_ready();
+                inner.watch_ready(&weak, pointer, ready);
             }
         };
         let object = if enabled {
@@ -520,14 +691,20 @@ impl Inner {
         } else {
             Watch::new_disabled(fd, flags, handler)
         };
-        let gate = Arc::new(Gate::new());
-        gate.open(object.clone());
-        // SAFETY: a live watch; the data is a Box<Arc<Gate<Watch>>> freed by `free_watch_gate`.
+        mirror.gate.open(object.clone());
+        // Added again (the glue's functions were replaced): the old mirror's free function,
+        // which `set_data` runs, does not mean the watch is being freed.
+        // SAFETY: libdbus passes a live watch; its data, if any, is ours.
+        if let Some(old) = unsafe { mirrored_watch(watch) } {
+            old.superseded.store(true, Ordering::Release);
+        }
+        // SAFETY: a live watch; the data is an `Arc<MirroredWatch>` reference released by
+        // `free_mirrored_watch`.
         unsafe {
             sys::dbus_watch_set_data(
                 watch,
-                Box::into_raw(Box::new(gate)).cast(),
-                Some(free_watch_gate),
+                Arc::into_raw(mirror).cast_mut().cast(),
+                Some(free_mirrored_watch),
             )
         };
         match self.watches.add(&object) {
@@ -541,8 +718,8 @@ impl Inner {
     /// `watch` is a live DBusWatch (lock held).
     unsafe fn watch_removed(&self, watch: *mut ffi::DBusWatch) {
         // SAFETY: libdbus passes a live watch; its data is ours.
-        if let Some(gate) = unsafe { watch_gate(watch) } {
-            if let Some(object) = gate.close() {
+        if let Some(mirror) = unsafe { mirrored_watch(watch) } {
+            if let Some(object) = mirror.gate.close() {
                 // Not `remove`: it would wait for handlers on other threads, which need the
                 // lock libdbus holds now. Watch handlers never touch the DBusWatch.
                 let _ = self.watches.remove_nowait(&object);
@@ -555,10 +732,13 @@ impl Inner {
     /// `watch` is a live DBusWatch (lock held).
     unsafe fn watch_toggled(&self, watch: *mut ffi::DBusWatch) {
         // SAFETY: libdbus passes a live watch; its data is ours.
-        if let Some(object) = unsafe { watch_gate(watch) }.and_then(|gate| gate.object()) {
+        if let Some(mirror) = unsafe { mirrored_watch(watch) } {
             // SAFETY: a live watch.
             let enabled = unsafe { sys::dbus_watch_get_enabled(watch) } != 0;
-            let _ = self.watches.toggle(&object, enabled);
+            mirror.wanted.store(enabled, Ordering::Release);
+            if let Some(object) = mirror.gate.object() {
+                let _ = self.watches.toggle(&object, enabled);
+            }
         }
     }
 
@@ -588,12 +768,12 @@ impl Inner {
             Timeout::new_disabled(interval, handler)
         };
         gate.open(object.clone());
-        // SAFETY: a live timeout; the data is a Box<Arc<Gate<Timeout>>> freed by
+        // SAFETY: a live timeout; the data is an `Arc<Gate<Timeout>>` reference released by
         // `free_timeout_gate` (at the latest when libdbus finalizes the timeout).
         unsafe {
             sys::dbus_timeout_set_data(
                 timeout,
-                Box::into_raw(Box::new(gate)).cast(),
+                Arc::into_raw(gate).cast_mut().cast(),
                 Some(free_timeout_gate),
             )
         };
@@ -646,7 +826,9 @@ impl Inner {
         // The loop that called the bridge on this thread is running, not blocked in a wait:
         // waking it would only cost it a spurious wakeup (an eventfd write and read per
         // message on MainLoop). Wakeups caused by other threads are passed on.
-        if !callout::serving() {
+        if callout::serving() {
+            callout::note_served_wakeup();
+        } else {
             self.wakeup.wake();
         }
     }
@@ -769,26 +951,29 @@ impl Inner {
     }
 }
 
-/// The gate stored on a watch, if the bridge stored one.
+/// The mirror stored on a watch, if the bridge stored one.
 ///
 /// # Safety
 ///
 /// `watch` is live and its data, if any, was set by this bridge.
-unsafe fn watch_gate(watch: *mut ffi::DBusWatch) -> Option<Arc<Gate<Watch>>> {
+unsafe fn mirrored_watch<'a>(watch: *mut ffi::DBusWatch) -> Option<&'a MirroredWatch> {
     // SAFETY: the caller's contract.
-    let data = unsafe { sys::dbus_watch_get_data(watch) }.cast::<Arc<Gate<Watch>>>();
-    // SAFETY: non-null data is the Box<Arc<Gate<Watch>>> stored in `watch_added`.
-    (!data.is_null()).then(|| unsafe { Arc::clone(&*data) })
+    let data = unsafe { sys::dbus_watch_get_data(watch) }.cast::<MirroredWatch>();
+    // SAFETY: non-null data is the `Arc<MirroredWatch>` stored in `watch_added`, which libdbus
+    // releases only when it replaces the data or frees the watch — under its lock, which the
+    // caller (a trampoline) holds for as long as it uses the reference.
+    unsafe { data.as_ref() }
 }
 
 /// # Safety
 ///
 /// As [`watch_gate`].
-unsafe fn timeout_gate(timeout: *mut ffi::DBusTimeout) -> Option<Arc<Gate<Timeout>>> {
+unsafe fn timeout_gate<'a>(timeout: *mut ffi::DBusTimeout) -> Option<&'a Gate<Timeout>> {
     // SAFETY: the caller's contract.
-    let data = unsafe { sys::dbus_timeout_get_data(timeout) }.cast::<Arc<Gate<Timeout>>>();
-    // SAFETY: non-null data is the Box<Arc<Gate<Timeout>>> stored in `timeout_added`.
-    (!data.is_null()).then(|| unsafe { Arc::clone(&*data) })
+    let data = unsafe { sys::dbus_timeout_get_data(timeout) }.cast::<Gate<Timeout>>();
+    // SAFETY: non-null data is the `Arc<Gate<Timeout>>` stored in `timeout_added`, released as
+    // for watches (`mirrored_watch`).
+    unsafe { data.as_ref() }
 }
 
 /// # Safety
@@ -800,14 +985,19 @@ unsafe fn interval_of(timeout: *mut ffi::DBusTimeout) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-extern "C" fn free_watch_gate(data: *mut c_void) {
-    // SAFETY: libdbus hands back the Box<Arc<Gate<Watch>>> stored in `watch_added`, once.
-    drop(unsafe { Box::from_raw(data.cast::<Arc<Gate<Watch>>>()) });
+extern "C" fn free_mirrored_watch(data: *mut c_void) {
+    // SAFETY: libdbus hands back the `Arc<MirroredWatch>` stored in `watch_added`, once.
+    let mirror = unsafe { Arc::from_raw(data.cast::<MirroredWatch>()) };
+    // Not replaced by a newer mirror: libdbus is freeing the DBusWatch itself (transport
+    // disconnected, lock held), right after this returns.
+    if !mirror.superseded.load(Ordering::Acquire) {
+        mirror.confinement.watch_freed();
+    }
 }
 
 extern "C" fn free_timeout_gate(data: *mut c_void) {
-    // SAFETY: libdbus hands back the Box<Arc<Gate<Timeout>>> stored in `timeout_added`, once.
-    let gate = unsafe { Box::from_raw(data.cast::<Arc<Gate<Timeout>>>()) };
+    // SAFETY: libdbus hands back the `Arc<Gate<Timeout>>` stored in `timeout_added`, once.
+    let gate = unsafe { Arc::from_raw(data.cast::<Gate<Timeout>>()) };
     // libdbus finalizes a pending call's timeout without its connection lock: wait until no
     // handler may still pass this DBusTimeout to libdbus. When the data is merely replaced
     // (a re-added timeout, lock held) the timeout stays alive and nothing needs to wait.
@@ -887,6 +1077,12 @@ unsafe extern "C" fn dispatch_status_changed(
     status: sys::DBusDispatchStatus,
     data: *mut c_void,
 ) {
+    // The glue learns `Complete` from the answers of `dispatch` and `dispatch_status` only
+    // (`status_changed`): nothing to do, and libdbus reports it after every dispatch that
+    // empties the queue.
+    if status == sys::DBusDispatchStatus::Complete {
+        return;
+    }
     // SAFETY: `data` is the relay in the connection's data slot, freed only when the
     // connection is finalized; libdbus holds a reference for the length of this call.
     let relay = unsafe { &*data.cast::<Relay<Inner>>() };

@@ -11,11 +11,15 @@
 //!   remove trampoline closes the gate first, so a handler that starts later touches nothing;
 //! * a handler that entered before the close may still pass its pointer to libdbus. For a
 //!   watch that is harmless because connection watch handlers pass no watch pointer at all
-//!   (they call `dbus_connection_read_write`). For a timeout the pointer must stay valid:
+//!   (they call `dbus_connection_read_write`) — except on a connection promised to its
+//!   loop's thread, whose handlers only read [`is_open`](Gate::is_open) under the rules of
+//!   `Confinement`, and pass the pointer to `dbus_watch_handle`. For a timeout the pointer
+//!   must stay valid:
 //!   libdbus frees a pending call's `DBusTimeout` when the pending call is finalized, without
 //!   its connection lock, and that free runs the bridge's data destructor, which waits here
 //!   ([`wait_idle`](Gate::wait_idle)) for handlers still inside.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, ThreadId};
 
 use parking_lot::{Condvar, Mutex};
@@ -24,6 +28,10 @@ use parking_lot::{Condvar, Mutex};
 pub(crate) struct Gate<O> {
     state: Mutex<State<O>>,
     idle: Condvar,
+    /// Whether `state.object` is set, readable without the lock and sequentially consistent
+    /// with other atomics (a confined connection's watch handlers rely on that, see
+    /// `Confinement`).
+    open: AtomicBool,
 }
 
 struct State<O> {
@@ -42,12 +50,20 @@ impl<O: Clone> Gate<O> {
                 inside: Vec::new(),
             }),
             idle: Condvar::new(),
+            open: AtomicBool::new(false),
         }
     }
 
     /// Opens the gate for the object it mirrors.
     pub(crate) fn open(&self, object: O) {
         self.state.lock().object = Some(object);
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the gate is open: the object has not been removed. A handler that does not
+    /// need `enter`'s bookkeeping (it runs where no removal can overtake it) asks this.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// The object, while the gate is open.
@@ -79,7 +95,9 @@ impl<O: Clone> Gate<O> {
 
     /// The remove trampoline closes the gate; returns the object to remove from its list.
     pub(crate) fn close(&self) -> Option<O> {
-        self.state.lock().object.take()
+        let object = self.state.lock().object.take();
+        self.open.store(false, Ordering::SeqCst);
+        object
     }
 
     /// Waits until no handler on another thread is inside: libdbus is about to free the

@@ -43,6 +43,7 @@ mod backoff;
 mod callout;
 #[cfg(feature = "dbus-rs")]
 mod channel_source;
+mod confinement;
 mod connection;
 mod error;
 pub mod ffi;

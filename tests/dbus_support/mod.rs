@@ -40,7 +40,9 @@ pub struct Seen {
 }
 
 /// A connection with a filter that answers `Ping(u) -> u+1` and `Echo(ay) -> ay`, leaves
-/// `Stall` unanswered, and records signals, replies and errors.
+/// `Stall` unanswered, closes its connection on `Hangup` (from inside the filter, so from
+/// inside `dbus_connection_dispatch` on the loop's thread), and records signals, replies and
+/// errors.
 pub struct Peer {
     pub conn: Connection,
     pub seen: Arc<Mutex<Seen>>,
@@ -167,6 +169,10 @@ extern "C" fn filter(
                     }
                     "Stall" => {
                         seen.lock().unwrap().stalled += 1;
+                        return sys::DBusHandlerResult::Handled;
+                    }
+                    "Hangup" => {
+                        sys::dbus_connection_close(conn);
                         return sys::DBusHandlerResult::Handled;
                     }
                     _ => return sys::DBusHandlerResult::NotYetHandled,
@@ -305,6 +311,12 @@ impl Peer {
         self.call(msg)
     }
 
+    /// Asks the other end to close its connection from inside its message handler.
+    pub fn hangup(&self, dest: Option<&str>) -> u32 {
+        let msg = self.method(dest, "Hangup");
+        self.call(msg)
+    }
+
     /// Sends the signal `member` (peer to peer: to the other end; on a bus: broadcast).
     pub fn signal(&self, member: &str) {
         let (path, iface, member) = (c(PATH), c(IFACE), c(member));
@@ -327,6 +339,43 @@ impl Peer {
         // SAFETY: a live connection.
         unsafe { ffi::dbus_connection_get_is_authenticated(self.conn.as_ptr()) != 0 }
     }
+}
+
+/// The two ways the bridge can run a connection: `false` for any thread (watches handled with
+/// `dbus_connection_read_write`), `true` promised to its loop's thread
+/// (`Connection::assume_loop_thread_only`: `dbus_watch_handle`).
+pub const MODES: [(&str, bool); 2] = [("any thread", false), ("loop thread only", true)];
+
+/// Runs `test` once per mode (the mode is printed first, so a failure names it).
+pub fn every_mode(test: impl Fn(bool)) {
+    for (mode, confined) in MODES {
+        eprintln!("mode: {mode}");
+        test(confined);
+    }
+}
+
+/// Promises `conn` to the loop's thread if `confined`.
+pub fn confine(conn: &Connection, confined: bool) {
+    if confined {
+        // SAFETY: the tests that ask for it send, call, close and drop the connection only on
+        // the thread that runs its loop (or while no loop runs it).
+        unsafe { conn.assume_loop_thread_only() };
+        assert!(conn.is_loop_thread_only());
+    }
+}
+
+/// A private connection to `address`, confined if asked.
+pub fn open_private(address: &str, confined: bool) -> Connection {
+    let conn = Connection::open_private(address).expect("open");
+    confine(&conn, confined);
+    conn
+}
+
+/// A bus connection to `address`, confined if asked.
+pub fn open_bus(address: &str, confined: bool) -> Connection {
+    let conn = Connection::open_bus(address).expect("open the bus");
+    confine(&conn, confined);
+    conn
 }
 
 /// Runs `step` (one loop iteration) until `done` holds; panics after [`DEADLINE`] — a hang,
