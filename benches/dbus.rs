@@ -446,17 +446,24 @@ fn main() {
     }
     let n = calls();
     // Profiling aid: `DBUS_BENCH_ONLY=bridge`, `=confined` or `=glue` runs that peer-to-peer
-    // case once.
-    match std::env::var("DBUS_BENCH_ONLY").as_deref() {
-        Ok("bridge") => return println!("bridge {:.0} calls/s", p2p_bridge(n, false)),
-        Ok("confined") => {
-            return println!(
-                "bridge, loop thread only {:.0} calls/s",
-                p2p_bridge(n, true)
-            )
-        }
-        Ok("glue") => return println!("poll glue {:.0} calls/s", p2p_poll_glue(n)),
-        _ => {}
+    // case once; `=bus-bridge`, `=bus-confined` or `=bus-glue` the case through a private
+    // dbus-daemon (which callgrind and `strace -c` leave out unless told to follow children).
+    if let Ok(only) = std::env::var("DBUS_BENCH_ONLY") {
+        let rate = match only.as_str() {
+            "bridge" => p2p_bridge(n, false),
+            "confined" => p2p_bridge(n, true),
+            "glue" => p2p_poll_glue(n),
+            bus => {
+                let daemon = Daemon::start();
+                match bus {
+                    "bus-bridge" => bus_bridge(&daemon.address, n, false),
+                    "bus-confined" => bus_bridge(&daemon.address, n, true),
+                    "bus-glue" => bus_poll_glue(&daemon.address, n),
+                    other => panic!("DBUS_BENCH_ONLY={other}: not a case"),
+                }
+            }
+        };
+        return println!("{only} {rate:.0} calls/s");
     }
     println!(
         "dbus bench: {n} sequential method calls per run, median of {ROUNDS} alternating runs"
