@@ -202,6 +202,7 @@ impl GlibGlue {
     ///
     /// If the source's own code panics while it is installed; nothing stays installed then.
     #[doc(alias = "dbus_connection_setup_with_g_main")]
+    #[doc(alias = "dbus_server_setup_with_g_main")]
     pub fn attach(&self, source: Arc<dyn Source>) -> io::Result<GlibAttachment> {
         let weak = Arc::downgrade(&self.inner);
         let context = self.inner.context.clone();

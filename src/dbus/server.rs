@@ -58,6 +58,7 @@ type NewConnectionFn = Box<dyn FnMut(Connection) + Send>;
 /// ```
 #[doc(alias = "DBusServer")]
 #[doc(alias = "dbus_server_unref")]
+#[doc(alias = "dbus_server_setup_with_g_main")]
 #[derive(Clone)]
 pub struct Server {
     owner: Arc<Owner>,

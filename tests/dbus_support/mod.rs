@@ -343,7 +343,10 @@ impl Peer {
 
 /// The two ways the bridge can run a connection: `false` for any thread (watches handled with
 /// `dbus_connection_read_write`), `true` promised to its loop's thread
-/// (`Connection::assume_loop_thread_only`: `dbus_watch_handle`).
+/// (`Connection::assume_loop_thread_only`: `dbus_watch_handle`). The promise holds in the
+/// tests that use it because every loop in [`loops`] runs its handlers on the thread that
+/// calls `turn`, the thread that also sends; a loop added there that runs handlers on other
+/// threads (tokio's multi-thread runtime) must skip the second mode.
 pub const MODES: [(&str, bool); 2] = [("any thread", false), ("loop thread only", true)];
 
 /// Runs `test` once per mode (the mode is printed first, so a failure names it).
