@@ -400,8 +400,9 @@ impl Connection {
     /// does: with `dbus_watch_handle` on the `DBusWatch` itself, instead of
     /// `dbus_connection_read_write(conn, 0)`, which polls the fd once more before it reads.
     /// That is one system call fewer per readiness (a message, most of the time), and less
-    /// work inside libdbus: the bridge's time per method call drops to that of a hand-written
-    /// poll glue (BENCHMARKS.md). It is how most C programs use libdbus — one thread.
+    /// work inside libdbus: the bridge's time per method call comes within a few percent of a
+    /// hand-written poll glue's (BENCHMARKS.md). It is how most C programs use libdbus — one
+    /// thread.
     ///
     /// The promise holds from this call until the last handle of this bridge is dropped;
     /// there is no way back. Every handle of this bridge (clones) shares it.
@@ -425,11 +426,12 @@ impl Connection {
     /// own callbacks, libdbus's message handlers and pending-call notifications, or between
     /// iterations), which is what a single-threaded program does anyway.
     ///
-    /// Safe on any thread, at any time: reading the dispatch status, dispatching (the loop
-    /// does it), libdbus calls that neither read nor write the socket (building messages,
-    /// filters, object paths, data slots), attaching and detaching, and everything a
-    /// connection that was never confined allows once no handler can run any more (the
-    /// connection detached from every loop, or the loops stopped).
+    /// Safe on any thread, at any time: reading the dispatch status, libdbus calls that
+    /// neither read nor write the socket (building messages, filters, object paths, data
+    /// slots), attaching and detaching; and everything a connection that was never confined
+    /// allows once no handler can run any more (the connection detached from every loop, or
+    /// the loops stopped). Dispatching belongs to the loop's thread too, since message
+    /// handlers send.
     ///
     /// What the bridge checks: if libdbus frees a watch while a handler on another thread is
     /// between its check of the watch and libdbus's lock, the process aborts with a message
