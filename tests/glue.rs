@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use loopglue::glue::{
-    Attachments, Deadline, DispatchQueue, FdRegistry, Recheck, Registrar, TimerQueue, Token,
+    Attachments, Deadline, DispatchQueue, FdRegistry, FileIdentity, Recheck, Registrar, TimerQueue,
+    Token,
 };
 use loopglue::testing::{MockLoop, SocketPeer};
 use loopglue::{
@@ -288,6 +289,31 @@ fn c15_a_recycled_fd_number_starts_a_new_registration_and_silences_the_stale_wat
     assert_eq!(reg.registered(), 1);
     reg.remove(&fresh, &mut host);
     assert_eq!(reg.registered(), 0);
+}
+
+/// What a registrar on a shared host loop checks before it deregisters by number: the fd still
+/// names the file it registered — not once the number was closed and reused (C15).
+#[test]
+fn c15_file_identity_tells_a_recycled_number_from_the_file_it_named() {
+    let _fds = fds_shared();
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut owned = OwnedFd::from(a);
+    let fd = owned.as_raw_fd();
+    let identity = FileIdentity::of(fd).unwrap();
+    assert_eq!(FileIdentity::of(fd).unwrap(), identity, "stable");
+    assert!(identity.is_named_by(fd));
+    assert!(!identity.is_named_by(b.as_raw_fd()), "another socket");
+    let dup = nix::unistd::dup(&owned).unwrap();
+    assert!(
+        identity.is_named_by(dup.as_raw_fd()),
+        "a dup names the same file"
+    );
+    let _peer = recycle(&mut owned);
+    assert!(!identity.is_named_by(fd), "the number names a new socket");
+    assert_ne!(FileIdentity::of(fd).unwrap(), identity);
+    assert!(!identity.is_named_by(-1));
+    let err = FileIdentity::of(-1).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EBADF));
 }
 
 #[test]

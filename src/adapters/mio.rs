@@ -103,7 +103,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 
-use crate::glue::{Attachments, FdRegistry, Registrar, TimerQueue, Token};
+use crate::glue::{Attachments, FdRegistry, FileIdentity, Registrar, TimerQueue, Token};
 use crate::{
     Delivery, Source, Timeout, TimeoutFunctions, WakeupFn, Watch, WatchFlags, WatchFunctions,
 };
@@ -181,11 +181,8 @@ struct Scratch {
 struct Slot {
     index: usize,
     interest: WatchFlags,
-    file: Option<FileId>,
+    file: Option<FileIdentity>,
 }
-
-/// The device and inode of the file an fd names.
-type FileId = (u64, u64);
 
 /// The application's poll as the fd registry's host.
 struct Host<'a> {
@@ -195,19 +192,6 @@ struct Host<'a> {
     unchecked: &'a mut Vec<Token>,
     first: usize,
     capacity: usize,
-}
-
-fn file_id(fd: RawFd) -> Option<FileId> {
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fstat only reads the fd table; a closed number makes it fail with EBADF. The
-    // borrow lives for this one call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
-    nix::sys::stat::fstat(fd)
-        .ok()
-        .map(|stat| (stat.st_dev as u64, stat.st_ino as u64))
 }
 
 /// Polls the fds of `tokens` once, without blocking, in one poll(2), and appends those still
@@ -325,7 +309,7 @@ impl Registrar for Host<'_> {
                 self.capacity
             )));
         }
-        let file = file_id(fd);
+        let file = FileIdentity::of(fd).ok();
         self.registry
             .register(
                 &mut SourceFd(&fd),
@@ -372,7 +356,7 @@ impl Registrar for Host<'_> {
         // Only by number while the number still names the file registered: a closed fd was
         // forgotten by the kernel, and a recycled number may be registered by the
         // application for its new file (C15 broken by a producer).
-        if slot.file.is_some() && file_id(fd) == slot.file {
+        if slot.file.is_some_and(|file| file.is_named_by(fd)) {
             let _ = self.registry.deregister(&mut SourceFd(&fd));
         }
     }

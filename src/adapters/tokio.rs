@@ -93,7 +93,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,7 +107,7 @@ use ::tokio::runtime::Handle;
 use ::tokio::time::Sleep;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::glue::{Attachments, FdRegistry, Recheck, Registrar, TimerQueue, Token};
+use crate::glue::{Attachments, FdRegistry, FileIdentity, Recheck, Registrar, TimerQueue, Token};
 use crate::{
     Delivery, Source, Timeout, TimeoutFunctions, WakeupFn, Watch, WatchFlags, WatchFunctions,
 };
@@ -239,7 +239,7 @@ struct Registration {
     fd: AsyncFd<Fd>,
     waker: Waker,
     interest: WatchFlags,
-    file: Option<FileId>,
+    file: Option<FileIdentity>,
 }
 
 /// An fd number the registry's watches name; it does not own the fd (the producer does).
@@ -249,22 +249,6 @@ impl AsRawFd for Fd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
     }
-}
-
-/// The device and inode of the file an fd names.
-type FileId = (u64, u64);
-
-fn file_id(fd: RawFd) -> Option<FileId> {
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fstat only reads the fd table; a closed number makes it fail with EBADF. The
-    // borrow lives for this one call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
-    nix::sys::stat::fstat(fd)
-        .ok()
-        .map(|stat| (stat.st_dev as u64, stat.st_ino as u64))
 }
 
 /// Tells the driver which registration tokio found ready.
@@ -319,7 +303,7 @@ impl Registrar for Host<'_> {
         token: Token,
         wanted: WatchFlags,
     ) -> io::Result<Registration> {
-        let file = file_id(fd);
+        let file = FileIdentity::of(fd).ok();
         let registered = panic::catch_unwind(AssertUnwindSafe(|| {
             let _runtime = self.handle.enter();
             // Both directions, whatever the watches want now: tokio cannot change an
@@ -374,7 +358,7 @@ impl Registrar for Host<'_> {
         let Registration {
             fd: async_fd, file, ..
         } = registration;
-        if file.is_some() && file_id(fd) == file {
+        if file.is_some_and(|file| file.is_named_by(fd)) {
             drop(async_fd); // deregisters the fd from tokio, while it is open (C15)
         } else {
             // The fd was closed, or its number now names another file, under the

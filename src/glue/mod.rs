@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`FdRegistry`] + [`Registrar`] + [`Token`] | merges the watches of each fd into one host registration that follows their enabled state; re-validates recycled fds by file identity; drops closed fds; narrows lazily so toggling is cheap | C9, C15, C18 |
 //! | [`Recheck`] | the level-triggered re-check an edge-triggered loop needs after handlers ran | C17 |
+//! | [`FileIdentity`] | which file an fd number names, for a registrar that must not deregister a recycled number | C15 |
 //! | [`DispatchQueue`] | change-only status notifications from any thread → exactly one pending dispatch while data remains, with no reference cycle and no dispatch lost to a race or a panic | C16 |
 //! | [`Attachments`] | attach all-or-nothing with a clear error, "already attached" refused, detach by identity that finishes every step | C6, C7, C16 |
 //! | [`TimerQueue`] + [`Deadline`] | periodic fixed-delay timers, restart on enable with the current interval, huge intervals saturated to never | C9, C10 |
@@ -219,6 +220,7 @@ pub use attachments::Attachments;
 pub use deadline::Deadline;
 pub use dispatch_queue::{DispatchKey, DispatchQueue};
 pub use fd_registry::FdRegistry;
+pub use file_identity::FileIdentity;
 pub use recheck::Recheck;
 pub use registrar::Registrar;
 pub use timer_queue::TimerQueue;
