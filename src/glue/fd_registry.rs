@@ -151,12 +151,20 @@ enum Failure {
 impl Failure {
     fn into_error(self, fd: RawFd) -> io::Error {
         match self {
+            Failure::Refused(e) => e,
+            unusable => unusable.to_error(fd),
+        }
+    }
+
+    /// The error to report while the failure itself is kept (to retire the entry with).
+    fn to_error(&self, fd: RawFd) -> io::Error {
+        match self {
             Failure::Closed => io::Error::from_raw_os_error(nix::libc::EBADF),
             Failure::Reused => io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("fd {fd} now names another file"),
             ),
-            Failure::Refused(e) => e,
+            Failure::Refused(e) => io::Error::new(e.kind(), e.to_string()),
         }
     }
 }
@@ -263,7 +271,7 @@ impl<R> FdRegistry<R> {
                 let error = match failure {
                     Failure::Refused(e) => e,
                     unusable => {
-                        let error = unusable_error(&unusable, fd);
+                        let error = unusable.to_error(fd);
                         self.retire(key, unusable, host);
                         error
                     }
@@ -751,17 +759,6 @@ impl<R> FdRegistry<R> {
                 format!("cannot update the registration of fd {fd} ({e}); it is no longer polled")
             }
         });
-    }
-}
-
-fn unusable_error(failure: &Failure, fd: RawFd) -> io::Error {
-    match failure {
-        Failure::Closed => io::Error::from_raw_os_error(nix::libc::EBADF),
-        Failure::Reused => io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("fd {fd} now names another file"),
-        ),
-        Failure::Refused(e) => io::Error::new(e.kind(), e.to_string()),
     }
 }
 
