@@ -166,13 +166,7 @@ impl Attachments {
     /// Drops the slot and the mark of an attach that did not complete.
     fn forget(&self, source: &Arc<dyn Source>, key: DispatchKey, nonce: u64) {
         let slot = self.queue.remove(key);
-        if source
-            .data()
-            .get::<Mark>()
-            .is_some_and(|m| m.nonce == nonce)
-        {
-            drop(source.data().take::<Mark>());
-        }
+        unmark(&**source, nonce);
         drop(slot);
     }
 
@@ -208,13 +202,7 @@ impl Attachments {
         });
         first_panic = first_panic.or(rest);
         let slot = self.queue.remove(key);
-        if source
-            .data()
-            .get::<Mark>()
-            .is_some_and(|m| m.nonce == nonce)
-        {
-            drop(source.data().take::<Mark>());
-        }
+        unmark(source, nonce);
         if let Some(payload) = catch_all(move || drop(slot)) {
             first_panic.get_or_insert(payload);
         }
@@ -279,6 +267,18 @@ impl Attachments {
         if let Some(payload) = first_panic {
             panic::resume_unwind(payload);
         }
+    }
+}
+
+/// Takes the mark that the attach `nonce` left on `source`, unless another attach's mark is
+/// there now.
+fn unmark(source: &dyn Source, nonce: u64) {
+    if source
+        .data()
+        .get::<Mark>()
+        .is_some_and(|m| m.nonce == nonce)
+    {
+        drop(source.data().take::<Mark>());
     }
 }
 
