@@ -76,24 +76,80 @@ impl Recheck {
         let events = PollFlags::from_bits_truncate(interest.to_poll_events());
         // SAFETY: poll(2) only reads the fd table; a closed fd comes back as POLLNVAL, which
         // is reported as closed. The borrow lives for this one call.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let revents = loop {
-            let mut fds = [PollFd::new(borrowed, events)];
-            match nix::poll::poll(&mut fds, PollTimeout::ZERO) {
-                Ok(_) => break fds[0].revents().unwrap_or(PollFlags::empty()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
+        let mut fds = [PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, events)];
+        poll_now(&mut fds)?;
+        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+        Ok(Recheck::found(interest, revents))
+    }
+
+    /// [`poll`](Self::poll) for every `(fd, interest)` of `fds` in one `poll(2)`: appends one
+    /// `Recheck` per entry to `out`, in order — for a glue that re-checks all the fds of a
+    /// round together, one system call instead of one per fd.
+    ///
+    /// # Errors
+    ///
+    /// What `poll(2)` reports (never `EINTR`, which is retried); nothing is appended then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::AsRawFd;
+    /// use std::os::unix::net::UnixStream;
+    /// use loopglue::glue::Recheck;
+    /// use loopglue::WatchFlags;
+    ///
+    /// let (idle, _peer) = UnixStream::pair()?;
+    /// let (busy, mut writer) = UnixStream::pair()?;
+    /// writer.write_all(b"x")?;
+    /// let mut found = Vec::new();
+    /// Recheck::poll_many(
+    ///     &[(idle.as_raw_fd(), WatchFlags::READABLE), (busy.as_raw_fd(), WatchFlags::READABLE)],
+    ///     &mut found,
+    /// )?;
+    /// assert!(!found[0].again() && found[1].again());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn poll_many(fds: &[(RawFd, WatchFlags)], out: &mut Vec<Recheck>) -> io::Result<()> {
+        // A negative number is closed; poll(2) would skip it, and it cannot be borrowed.
+        let mut poll_fds: Vec<PollFd<'_>> = fds
+            .iter()
+            .filter(|(fd, _)| *fd >= 0)
+            .map(|&(fd, interest)| {
+                let events = PollFlags::from_bits_truncate(interest.to_poll_events());
+                // SAFETY: poll(2) only reads the fd table; a closed fd comes back as POLLNVAL,
+                // which is reported as closed. The borrows live for this one call.
+                PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, events)
+            })
+            .collect();
+        if !poll_fds.is_empty() {
+            poll_now(&mut poll_fds)?;
+        }
+        let mut polled = poll_fds.iter();
+        out.extend(fds.iter().map(|&(fd, interest)| {
+            if fd < 0 {
+                return Recheck::closed();
             }
-        };
+            let revents = polled
+                .next()
+                .and_then(PollFd::revents)
+                .unwrap_or(PollFlags::empty());
+            Recheck::found(interest, revents)
+        }));
+        Ok(())
+    }
+
+    /// What `revents` says of an fd polled for `interest`.
+    fn found(interest: WatchFlags, revents: PollFlags) -> Recheck {
         if revents.contains(PollFlags::POLLNVAL) {
-            return Ok(Recheck::closed());
+            return Recheck::closed();
         }
         let ready = WatchFlags::from_poll_revents(revents.bits());
-        Ok(Recheck {
+        Recheck {
             ready,
             clear: interest & WatchFlags::INTEREST & !ready,
             closed: false,
-        })
+        }
     }
 
     /// Whether the handlers should run again: something the watches want, or an error or a
@@ -115,5 +171,16 @@ impl Recheck {
     /// The fd is closed (`POLLNVAL`): the registry has dropped it (C15); do not poll it again.
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+}
+
+/// One `poll(2)` of `fds` that does not block, retried on `EINTR`.
+fn poll_now(fds: &mut [PollFd<'_>]) -> io::Result<()> {
+    loop {
+        match nix::poll::poll(fds, PollTimeout::ZERO) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
