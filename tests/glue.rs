@@ -421,6 +421,67 @@ fn c17_recheck_tells_an_edge_triggered_glue_to_go_again_until_drained() {
     assert!(Recheck::poll(-1, WatchFlags::READABLE).unwrap().is_closed());
 }
 
+/// The batched re-check of a round: one answer per live token whose watches want something,
+/// in order; a closed fd is dropped (C15); a disabled or stale registration is not polled.
+#[test]
+fn c17_recheck_many_answers_for_every_fd_of_a_round_in_one_call() {
+    let _fds = fds_exclusive();
+    let (idle, _idle_peer) = UnixStream::pair().unwrap();
+    let (busy, mut busy_peer) = UnixStream::pair().unwrap();
+    let (off, mut off_peer) = UnixStream::pair().unwrap();
+    let (doomed, _doomed_peer) = UnixStream::pair().unwrap();
+    let list = WatchList::new();
+    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+    let mut watches = Vec::new();
+    for socket in [&idle, &busy, &off, &doomed] {
+        let w = Watch::new(socket.as_raw_fd(), WatchFlags::READABLE, nop);
+        list.add(&w).unwrap();
+        reg.add(&w, &mut host).unwrap();
+        watches.push(w);
+    }
+    let token = |s: &UnixStream| reg.token_of(s.as_raw_fd()).unwrap();
+    let round = [token(&idle), token(&busy), token(&off), token(&doomed)];
+    busy_peer.write_all(b"x").unwrap();
+    off_peer.write_all(b"x").unwrap();
+    list.toggle(&watches[2], false).unwrap();
+    reg.toggled(&watches[2], &mut host);
+    let doomed_fd = doomed.into_raw_fd();
+    nix::unistd::close(doomed_fd).unwrap(); // a producer's bug: closed under its watch
+    let stale = Token::from_raw(u64::MAX - 1);
+
+    let mut found = Vec::new();
+    reg.recheck_many(
+        &[round[0], round[1], round[2], stale, round[3]],
+        &mut host,
+        &mut found,
+    )
+    .unwrap();
+    let tokens: Vec<Token> = found.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        tokens,
+        [round[0], round[1], round[3]],
+        "the disabled and the stale: not polled"
+    );
+    let (idle_found, busy_found, closed_found) = (found[0].1, found[1].1, found[2].1);
+    assert!(!idle_found.again() && idle_found.clear() == WatchFlags::READABLE);
+    assert!(busy_found.again() && busy_found.ready() == WatchFlags::READABLE);
+    assert!(closed_found.is_closed() && !closed_found.again());
+    assert_eq!(reg.dropped(), 1, "the closed fd is dropped");
+    assert_eq!(reg.token_of(doomed_fd), None);
+    // The same answers as one `recheck` per token.
+    assert_eq!(reg.recheck(round[0], &mut host), idle_found);
+    assert_eq!(reg.recheck(round[1], &mut host), busy_found);
+    // Nothing to poll: nothing appended.
+    found.clear();
+    reg.recheck_many(&[round[2], round[3]], &mut host, &mut found)
+        .unwrap();
+    assert!(found.is_empty());
+    for w in &watches {
+        reg.remove(w, &mut host);
+        list.remove(w).unwrap();
+    }
+}
+
 #[test]
 fn c10_deadlines_saturate_and_timers_are_fixed_delay() {
     let _fds = fds_shared();

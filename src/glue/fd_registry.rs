@@ -463,29 +463,114 @@ impl<R> FdRegistry<R> {
     /// For edge-triggered host loops (C17): after the handlers of `token` ran, polls the fd
     /// without blocking for what its enabled watches want. If [`Recheck::again`], run the
     /// handlers again (after yielding to the host loop); clear cached readiness only for
-    /// [`Recheck::clear`]. A closed fd is dropped as by [`closed`](Self::closed).
+    /// [`Recheck::clear`]. A closed fd is dropped as by [`closed`](Self::closed). If the poll
+    /// itself fails (short of `ENOMEM`, it does not), nothing is found: wait for the next edge.
     pub fn recheck<H>(&mut self, token: Token, host: &mut H) -> Recheck
     where
         H: Registrar<Registration = R>,
     {
-        let Some(key) = self.live_key(token) else {
+        let Some((key, fd, wanted)) = self.recheck_target(token) else {
             return Recheck::nothing();
         };
+        match Recheck::poll(fd, wanted) {
+            Ok(found) => self.rechecked(key, found, host),
+            Err(_) => Recheck::nothing(),
+        }
+    }
+
+    /// [`recheck`](Self::recheck) of every token in `tokens` in one `poll(2)`: for an
+    /// edge-triggered glue that re-checks the fds of a whole round together. Appends
+    /// `(token, recheck)` to `out` for each token whose registration is live and whose enabled
+    /// watches want something; closed fds are dropped as by [`closed`](Self::closed) (and
+    /// appended as [`Recheck::is_closed`]).
+    ///
+    /// # Errors
+    ///
+    /// What `poll(2)` reports (short of `ENOMEM`, it does not); nothing is appended or
+    /// dropped then: wait for the next edge.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::{self, Write};
+    /// use std::os::fd::{AsRawFd, RawFd};
+    /// use std::os::unix::net::UnixStream;
+    /// use loopglue::glue::{FdRegistry, Registrar, Token};
+    /// use loopglue::{Watch, WatchFlags};
+    ///
+    /// struct Host; // an edge-triggered host loop, such as mio's
+    /// impl Registrar for Host {
+    ///     type Registration = ();
+    ///     fn register(&mut self, _: RawFd, _: Token, _: WatchFlags) -> io::Result<()> { Ok(()) }
+    ///     fn reregister(&mut self, _: &mut (), _: RawFd, _: Token, _: WatchFlags) -> io::Result<()> { Ok(()) }
+    ///     fn deregister(&mut self, _: (), _: RawFd, _: Token) {}
+    /// }
+    ///
+    /// let (idle, _peer) = UnixStream::pair()?;
+    /// let (busy, mut writer) = UnixStream::pair()?;
+    /// let mut registry = FdRegistry::new();
+    /// for socket in [&idle, &busy] {
+    ///     registry.add(&Watch::new(socket.as_raw_fd(), WatchFlags::READABLE, |_| {}), &mut Host)?;
+    /// }
+    /// writer.write_all(b"left behind by a handler that read part")?;
+    /// // The handlers of both fds ran this round: which must run again?
+    /// let round = [registry.token_of(idle.as_raw_fd()).unwrap(), registry.token_of(busy.as_raw_fd()).unwrap()];
+    /// let mut found = Vec::new();
+    /// registry.recheck_many(&round, &mut Host, &mut found)?;
+    /// let again: Vec<Token> = found.iter().filter(|(_, r)| r.again()).map(|(t, _)| *t).collect();
+    /// assert_eq!(again, [round[1]]);
+    /// # Ok::<(), io::Error>(())
+    /// ```
+    pub fn recheck_many<H>(
+        &mut self,
+        tokens: &[Token],
+        host: &mut H,
+        out: &mut Vec<(Token, Recheck)>,
+    ) -> io::Result<()>
+    where
+        H: Registrar<Registration = R>,
+    {
+        let mut targets = Vec::with_capacity(tokens.len());
+        let mut polled = Vec::with_capacity(tokens.len());
+        for &token in tokens {
+            if let Some((key, fd, wanted)) = self.recheck_target(token) {
+                targets.push((token, key));
+                polled.push((fd, wanted));
+            }
+        }
+        if polled.is_empty() {
+            return Ok(());
+        }
+        let mut found = Vec::with_capacity(polled.len());
+        Recheck::poll_many(&polled, &mut found)?;
+        for ((token, key), found) in targets.into_iter().zip(found) {
+            let found = self.rechecked(key, found, host);
+            out.push((token, found));
+        }
+        Ok(())
+    }
+
+    /// What to poll for `token`'s re-check: its entry, fd and what its enabled watches want;
+    /// `None` if it is not live or nothing is wanted.
+    fn recheck_target(&mut self, token: Token) -> Option<(usize, RawFd, WatchFlags)> {
+        let key = self.live_key(token)?;
         let entry = &mut self.entries[key];
         let wanted = wanted_by(&entry.watches);
         // As in `ready`: a direction no longer wanted must count as new when wanted again,
         // so that `Registrar::widened` asks for the re-check an edge-triggered loop needs.
         entry.wanted = wanted;
-        if wanted.is_empty() {
-            return Recheck::nothing();
+        (!wanted.is_empty()).then_some((key, entry.fd, wanted))
+    }
+
+    /// Drops entry `key` if its re-check found the fd closed.
+    fn rechecked<H>(&mut self, key: usize, found: Recheck, host: &mut H) -> Recheck
+    where
+        H: Registrar<Registration = R>,
+    {
+        if found.is_closed() {
+            self.retire(key, Failure::Closed, host);
         }
-        match Recheck::poll(entry.fd, wanted) {
-            Ok(recheck) if !recheck.is_closed() => recheck,
-            _ => {
-                self.retire(key, Failure::Closed, host);
-                Recheck::closed()
-            }
-        }
+        found
     }
 
     /// Deregisters every fd and forgets every watch — for a glue that is shutting down while
