@@ -90,7 +90,7 @@
 use std::fmt;
 use std::io;
 use std::ops::Range;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -99,11 +99,10 @@ use std::time::{Duration, Instant};
 use ::mio::event::Event;
 use ::mio::unix::SourceFd;
 use ::mio::{Events, Interest, Registry, Token as MioToken, Waker};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 
-use crate::glue::{Attachments, FdRegistry, FileIdentity, Registrar, TimerQueue, Token};
+use crate::glue::{Attachments, FdRegistry, FileIdentity, Recheck, Registrar, TimerQueue, Token};
 use crate::{
     Delivery, Source, Timeout, TimeoutFunctions, WakeupFn, Watch, WatchFlags, WatchFunctions,
 };
@@ -174,6 +173,7 @@ struct Scratch {
     handled: Vec<Token>,
     batch: Vec<(Watch, WatchFlags)>,
     handle: Vec<(Token, Watch, WatchFlags)>,
+    rechecked: Vec<(Token, Recheck)>,
 }
 
 /// One registration with the poll: its token's offset, what it is registered for, and the
@@ -192,59 +192,6 @@ struct Host<'a> {
     unchecked: &'a mut Vec<Token>,
     first: usize,
     capacity: usize,
-}
-
-/// Polls the fds of `tokens` once, without blocking, in one poll(2), and appends those still
-/// ready to `reports`; closed ones are dropped (C15).
-fn recheck(
-    fds: &mut FdRegistry<Slot>,
-    host: &mut Host<'_>,
-    tokens: &[Token],
-    reports: &mut Vec<(Token, WatchFlags)>,
-) {
-    let polled: Vec<(Token, RawFd, WatchFlags)> = tokens
-        .iter()
-        .filter_map(|&token| {
-            let fd = fds.fd(token)?;
-            let slot = fds.registration(token)?;
-            Some((token, fd, slot.interest))
-        })
-        .collect();
-    if polled.is_empty() {
-        return;
-    }
-    let mut poll_fds: Vec<PollFd<'_>> = polled
-        .iter()
-        .map(|&(_, fd, interest)| {
-            let events = PollFlags::from_bits_truncate(interest.to_poll_events());
-            // SAFETY: poll(2) only reads the fd table; the fd is registered, so open by C15,
-            // and a producer's closed fd comes back as POLLNVAL. The borrow lives for this one
-            // call, under the lock that the glue's `remove` takes.
-            PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, events)
-        })
-        .collect();
-    loop {
-        match poll(&mut poll_fds, PollTimeout::ZERO) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return, // nothing polled: the next edge will tell
-            Ok(_) => break,
-        }
-    }
-    let revents: Vec<PollFlags> = poll_fds
-        .iter()
-        .map(|p| p.revents().unwrap_or(PollFlags::empty()))
-        .collect();
-    drop(poll_fds);
-    for ((token, _, _), revents) in polled.into_iter().zip(revents) {
-        if revents.contains(PollFlags::POLLNVAL) {
-            fds.closed(token, host);
-            continue;
-        }
-        let ready = WatchFlags::from_poll_revents(revents.bits());
-        if !ready.is_empty() {
-            reports.push((token, ready));
-        }
-    }
 }
 
 fn interest(flags: WatchFlags) -> Interest {
@@ -614,7 +561,14 @@ impl MioGlue {
                 let reported = &scratch.reports;
                 pending.retain(|token| !reported.iter().any(|(t, _)| t == token));
                 if scratch.reports.is_empty() || state.rounds >= RECHECK_ROUNDS {
-                    recheck(&mut state.fds, &mut host, &pending, &mut scratch.reports);
+                    // In one poll(2); closed fds are dropped (C15). If the poll fails, nothing
+                    // was polled: the next edge will tell.
+                    let found = &mut scratch.rechecked;
+                    let _ = state.fds.recheck_many(&pending, &mut host, found);
+                    let again = found.drain(..).filter(|(_, found)| found.again());
+                    scratch
+                        .reports
+                        .extend(again.map(|(token, found)| (token, found.ready())));
                     pending.clear();
                     state.rounds = 0;
                 } else {
