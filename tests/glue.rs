@@ -6,12 +6,12 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use loopglue::glue::{
-    Attachments, Deadline, DispatchQueue, FdRegistry, FileIdentity, Recheck, Registrar, TimerQueue,
-    Token,
+    Attachment, Attachments, Deadline, DispatchQueue, FdRegistry, FileIdentity, Recheck, Registrar,
+    TimerQueue, Token,
 };
 use loopglue::testing::{MockLoop, SocketPeer};
 use loopglue::{
@@ -713,6 +713,149 @@ fn detach_finishes_every_step_when_a_free_data_panics() {
         )
         .unwrap();
     table2.detach(&peer).unwrap();
+}
+
+/// A source whose uninstall panics once `explode` is set: a detach step that panics.
+#[derive(Default)]
+struct Fragile {
+    watches: WatchList,
+    timeouts: loopglue::TimeoutList,
+    data: loopglue::SourceData,
+    explode: std::sync::atomic::AtomicBool,
+}
+
+impl Source for Fragile {
+    fn data(&self) -> &loopglue::SourceData {
+        &self.data
+    }
+    fn set_watch_functions(
+        &self,
+        functions: Option<Box<dyn WatchFunctions>>,
+    ) -> Result<(), loopglue::SetFunctionsError<dyn WatchFunctions>> {
+        self.watches.set_functions(functions)
+    }
+    fn set_timeout_functions(
+        &self,
+        functions: Option<Box<dyn TimeoutFunctions>>,
+    ) -> Result<(), loopglue::SetFunctionsError<dyn TimeoutFunctions>> {
+        self.timeouts.set_functions(functions)
+    }
+    fn set_dispatch_status_function(&self, function: Option<loopglue::DispatchStatusFn>) {
+        if function.is_none() && self.explode.load(Ordering::SeqCst) {
+            panic!("uninstall (expected by the test)");
+        }
+    }
+}
+
+#[test]
+fn an_attachment_detaches_when_dropped_and_never_aborts_while_unwinding() {
+    let _fds = fds_shared();
+    let mock = MockLoop::new();
+    let table = Arc::new(Attachments::new(|| {}));
+    let attach = |source: Arc<dyn Source>| {
+        table
+            .attach(
+                Arc::clone(&source),
+                mock.watch_functions(),
+                mock.timeout_functions(),
+                None,
+            )
+            .unwrap();
+        Attachment::new(Arc::downgrade(&table), source)
+    };
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 16).unwrap();
+    let attachment = attach(Arc::new(peer.clone()));
+    assert_eq!(attachment.source().data().id(), peer.data().id());
+    drop(attachment);
+    assert!(
+        table.is_empty() && mock.watches().is_empty(),
+        "dropped: detached"
+    );
+    attach(Arc::new(peer.clone())).detach().unwrap();
+    assert!(table.is_empty());
+
+    // A step that panics: the panic reaches whoever drops the attachment, detached all the same…
+    let fragile = Arc::new(Fragile::default());
+    let attachment = attach(fragile.clone());
+    fragile.explode.store(true, Ordering::SeqCst);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(attachment)));
+    assert!(outcome.is_err(), "the step's panic reaches the caller");
+    assert!(table.is_empty());
+    // …except while the thread unwinds already: a second panic there would abort the process.
+    fragile.explode.store(false, Ordering::SeqCst);
+    let attachment = attach(fragile.clone());
+    fragile.explode.store(true, Ordering::SeqCst);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _held = attachment;
+        panic!("the application's own panic");
+    }));
+    let payload = outcome.unwrap_err();
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&"the application's own panic")
+    );
+    assert!(table.is_empty(), "detached while unwinding");
+
+    // Once the glue is gone, detaching is harmless: it detached everything when dropped.
+    let attachment = Attachment::new(Weak::<Attachments>::new(), Arc::new(peer.clone()));
+    attachment.detach().unwrap();
+}
+
+/// Watch functions that run a hook after each `toggled`: a glue callback of the source.
+struct OnToggle(Box<dyn WatchFunctions>, Arc<dyn Fn() + Send + Sync>);
+impl WatchFunctions for OnToggle {
+    fn add(&mut self, w: &Watch) -> io::Result<()> {
+        self.0.add(w)
+    }
+    fn remove(&mut self, w: &Watch) {
+        self.0.remove(w)
+    }
+    fn toggled(&mut self, w: &Watch) {
+        self.0.toggled(w);
+        (self.1)();
+    }
+}
+
+#[test]
+fn a_detach_refused_inside_a_glue_callback_hands_the_attachment_back_still_attached() {
+    let _fds = fds_shared();
+    let mock = MockLoop::new();
+    let table = Arc::new(Attachments::new(|| {}));
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = SocketPeer::new(ours, 16).unwrap();
+    type Slot = Mutex<Option<Attachment<Arc<Attachments>>>>;
+    let slot: Arc<Slot> = Arc::default();
+    let refusals: Arc<Mutex<Vec<io::ErrorKind>>> = Arc::default();
+    let (held, seen) = (Arc::clone(&slot), Arc::clone(&refusals));
+    let detach_now = move || {
+        let taken = held.lock().unwrap().take();
+        if let Some(attachment) = taken {
+            match attachment.detach() {
+                Ok(()) => seen.lock().unwrap().push(io::ErrorKind::Other),
+                Err((back, error)) => {
+                    seen.lock().unwrap().push(error.kind());
+                    *held.lock().unwrap() = Some(back);
+                }
+            }
+        }
+    };
+    table
+        .attach(
+            Arc::new(peer.clone()),
+            Box::new(OnToggle(mock.watch_functions(), Arc::new(detach_now))),
+            mock.timeout_functions(),
+            None,
+        )
+        .unwrap();
+    *slot.lock().unwrap() = Some(Attachment::new(Arc::clone(&table), Arc::new(peer.clone())));
+    peer.watches().toggle(&peer.read_watch(), false).unwrap(); // runs the hook
+    assert_eq!(*refusals.lock().unwrap(), [io::ErrorKind::InvalidInput]);
+    assert!(table.contains(&peer), "still attached");
+    let back = slot.lock().unwrap().take().expect("handed back");
+    assert_eq!(back.source().data().id(), peer.data().id());
+    back.detach().unwrap();
+    assert!(table.is_empty() && mock.watches().is_empty());
 }
 
 #[test]

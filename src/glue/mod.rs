@@ -10,6 +10,7 @@
 //! | [`FileIdentity`] | which file an fd number names, for a registrar that must not deregister a recycled number | C15 |
 //! | [`DispatchQueue`] | change-only status notifications from any thread → exactly one pending dispatch while data remains, with no reference cycle and no dispatch lost to a race or a panic | C16 |
 //! | [`Attachments`] | attach all-or-nothing with a clear error, "already attached" refused, detach by identity that finishes every step | C6, C7, C16 |
+//! | [`Attachment`] + [`Detach`] | the handle `attach` returns: detached when dropped (safely while unwinding), handed back when a detach is refused | C6, C15 |
 //! | [`TimerQueue`] + [`Deadline`] | periodic fixed-delay timers, restart on enable with the current interval, huge intervals saturated to never | C9, C10 |
 //!
 //! Each type is plain data behind the glue's own lock (or, for the last two rows, locks of
@@ -34,7 +35,8 @@
 //!    host timers: a [`TimerQueue`] does all of that.
 //! 3. **Attach.** An [`Attachments`] table per loop: [`Attachments::attach`] with your two
 //!    function sets and a wakeup function; its [`DispatchQueue`] tells you (through the `wake`
-//!    you gave it) when a source has work to dispatch.
+//!    you gave it) when a source has work to dispatch. Hand the caller an [`Attachment`], which
+//!    detaches the source when dropped.
 //! 4. **An iteration.** Wait — with no timeout if [`DispatchQueue::is_pending`], else until
 //!    the next deadline — then, for each ready token, [`FdRegistry::ready`] under the lock and
 //!    [`Watch::handle`](crate::Watch::handle) without it (and [`FdRegistry::report`] what it
@@ -205,6 +207,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod attachment;
 mod attachments;
 mod deadline;
 mod dispatch_queue;
@@ -216,6 +219,7 @@ mod registrar;
 mod timer_queue;
 mod token;
 
+pub use attachment::{Attachment, Detach};
 pub use attachments::Attachments;
 pub use deadline::Deadline;
 pub use dispatch_queue::{DispatchKey, DispatchQueue};
