@@ -122,7 +122,9 @@ use ::calloop::{
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::glue::{Attachments, FdRegistry, Recheck, Registrar, TimerQueue, Token};
+use crate::glue::{
+    Attachment, Attachments, Detach, FdRegistry, Recheck, Registrar, TimerQueue, Token,
+};
 use crate::{Delivery, Source, Timeout, TimeoutFunctions, Watch, WatchFlags, WatchFunctions};
 
 /// How many times one source is dispatched in a row before the others get their turn.
@@ -163,10 +165,7 @@ pub struct CalloopAttacher {
 /// source: every fd it used is out of calloop's poller before `drop` returns.
 #[cfg_attr(docsrs, doc(cfg(feature = "calloop")))]
 #[must_use = "dropping the attachment detaches the source at once"]
-pub struct CalloopAttachment {
-    shared: Arc<Shared>,
-    source: Option<Arc<dyn Source>>,
-}
+pub struct CalloopAttachment(Attachment<Arc<Shared>>);
 
 /// What the glue's functions (any thread) and its event sources (the loop's thread) share.
 struct Shared {
@@ -432,7 +431,7 @@ impl CalloopAttacher {
 impl CalloopAttachment {
     /// The attached source.
     pub fn source(&self) -> &Arc<dyn Source> {
-        self.source.as_ref().expect("attached until dropped")
+        self.0.source()
     }
 
     /// Detaches the source now: uninstalls every function the glue installed and
@@ -446,28 +445,16 @@ impl CalloopAttachment {
     /// # Panics
     ///
     /// If a free-data or another step panics, after every step has run.
-    pub fn detach(mut self) -> Result<(), (CalloopAttachment, io::Error)> {
-        let source = self.source.take().expect("attached until dropped");
-        match self.shared.attachments.detach(&*source) {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                self.source = Some(source);
-                Err((self, error))
-            }
-        }
+    pub fn detach(self) -> Result<(), (CalloopAttachment, io::Error)> {
+        self.0
+            .detach()
+            .map_err(|(back, error)| (CalloopAttachment(back), error))
     }
 }
 
-impl Drop for CalloopAttachment {
-    fn drop(&mut self) {
-        if let Some(source) = self.source.take() {
-            if let Err(error) = self.shared.attachments.detach(&*source) {
-                eprintln!(
-                    "loopglue: warning: a calloop attachment dropped inside one of its \
-                     source's glue callbacks stays attached ({error})"
-                );
-            }
-        }
+impl Detach for Shared {
+    fn detach(&self, source: &dyn Source) -> io::Result<()> {
+        self.attachments.detach(source).map(drop)
     }
 }
 
@@ -522,10 +509,7 @@ impl Shared {
         )?;
         let added = std::mem::take(&mut *added.lock());
         Ok((
-            CalloopAttachment {
-                shared: Arc::clone(self),
-                source: Some(source),
-            },
+            CalloopAttachment(Attachment::new(Arc::clone(self), source)),
             added,
         ))
     }
@@ -1040,7 +1024,7 @@ impl fmt::Debug for CalloopAttacher {
 impl fmt::Debug for CalloopAttachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CalloopAttachment")
-            .field("source", &self.source.as_ref().map(|s| s.data().id()))
+            .field("source", &self.0.source().data().id())
             .finish()
     }
 }

@@ -96,7 +96,7 @@ mod fd_source;
 
 use fd_source::fd_source;
 
-use crate::glue::{Attachments, Deadline, FdRegistry, Registrar, Token};
+use crate::glue::{Attachment, Attachments, Deadline, Detach, FdRegistry, Registrar, Token};
 use crate::{Delivery, Source, Timeout, TimeoutFunctions, Watch, WatchFlags, WatchFunctions};
 
 /// How many times one source is dispatched in a row before the others get their turn.
@@ -125,10 +125,7 @@ pub struct GlibGlue {
 /// every `GSource` it used is destroyed before `drop` returns.
 #[cfg_attr(docsrs, doc(cfg(feature = "glib")))]
 #[must_use = "dropping the attachment detaches the source at once"]
-pub struct GlibAttachment {
-    glue: GlibGlue,
-    source: Option<Arc<dyn Source>>,
-}
+pub struct GlibAttachment(Attachment<Arc<Inner>>);
 
 struct Inner {
     id: u64,
@@ -218,10 +215,10 @@ impl GlibGlue {
             Box::new(GlibTimeouts(weak)),
             Some(wakeup),
         )?;
-        Ok(GlibAttachment {
-            glue: self.clone(),
-            source: Some(source),
-        })
+        Ok(GlibAttachment(Attachment::new(
+            Arc::clone(&self.inner),
+            source,
+        )))
     }
 
     /// How many fds have a unix fd `GSource` now.
@@ -251,7 +248,7 @@ impl GlibGlue {
 impl GlibAttachment {
     /// The attached source.
     pub fn source(&self) -> &Arc<dyn Source> {
-        self.source.as_ref().expect("attached until dropped")
+        self.0.source()
     }
 
     /// Detaches the source now: uninstalls every function the glue installed and destroys
@@ -265,28 +262,16 @@ impl GlibAttachment {
     /// # Panics
     ///
     /// If a free-data or another step panics, after every step has run.
-    pub fn detach(mut self) -> Result<(), (GlibAttachment, io::Error)> {
-        let source = self.source.take().expect("attached until dropped");
-        match self.glue.inner.attachments.detach(&*source) {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                self.source = Some(source);
-                Err((self, error))
-            }
-        }
+    pub fn detach(self) -> Result<(), (GlibAttachment, io::Error)> {
+        self.0
+            .detach()
+            .map_err(|(back, error)| (GlibAttachment(back), error))
     }
 }
 
-impl Drop for GlibAttachment {
-    fn drop(&mut self) {
-        if let Some(source) = self.source.take() {
-            if let Err(error) = self.glue.inner.attachments.detach(&*source) {
-                eprintln!(
-                    "loopglue: warning: a GLib attachment dropped inside one of its source's \
-                     glue callbacks stays attached ({error})"
-                );
-            }
-        }
+impl Detach for Inner {
+    fn detach(&self, source: &dyn Source) -> io::Result<()> {
+        self.attachments.detach(source).map(drop)
     }
 }
 
@@ -624,7 +609,7 @@ impl fmt::Debug for GlibGlue {
 impl fmt::Debug for GlibAttachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GlibAttachment")
-            .field("source", &self.source.as_ref().map(|s| s.data().id()))
+            .field("source", &self.0.source().data().id())
             .finish()
     }
 }

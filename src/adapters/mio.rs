@@ -102,7 +102,10 @@ use ::mio::{Events, Interest, Registry, Token as MioToken, Waker};
 use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 
-use crate::glue::{Attachments, FdRegistry, FileIdentity, Recheck, Registrar, TimerQueue, Token};
+use crate::glue::{
+    Attachment, Attachments, Detach, FdRegistry, FileIdentity, Recheck, Registrar, TimerQueue,
+    Token,
+};
 use crate::{
     Delivery, Source, Timeout, TimeoutFunctions, WakeupFn, Watch, WatchFlags, WatchFunctions,
 };
@@ -129,10 +132,7 @@ pub struct MioGlue {
 /// every function the glue installed is uninstalled and every registration removed before
 /// the drop returns.
 #[must_use = "dropping the attachment detaches the source"]
-pub struct MioAttachment {
-    glue: Weak<Inner>,
-    source: Option<Arc<dyn Source>>,
-}
+pub struct MioAttachment(Attachment<Weak<Inner>>);
 
 struct Inner {
     registry: Registry,
@@ -451,10 +451,7 @@ impl MioGlue {
             Box::new(MioTimeouts(weak.clone())),
             Some(wakeup),
         )?;
-        Ok(MioAttachment {
-            glue: weak,
-            source: Some(source),
-        })
+        Ok(MioAttachment(Attachment::new(weak, source)))
     }
 
     /// How long the application's `poll` may block: zero while fds are still ready (C17) or
@@ -697,9 +694,7 @@ impl Drop for MioGlue {
 impl MioAttachment {
     /// The attached source.
     pub fn source(&self) -> &Arc<dyn Source> {
-        self.source
-            .as_ref()
-            .expect("an attachment holds its source until dropped")
+        self.0.source()
     }
 
     /// Detaches the source now, as dropping the attachment does, and reports what went wrong.
@@ -713,35 +708,16 @@ impl MioAttachment {
     /// # Panics
     ///
     /// If a step of the detach panics (a free-data, say), after every step has run.
-    pub fn detach(mut self) -> Result<(), (MioAttachment, io::Error)> {
-        let source = self.source.clone();
-        match self.detach_now() {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                self.source = source;
-                Err((self, error))
-            }
-        }
-    }
-
-    fn detach_now(&mut self) -> io::Result<()> {
-        let Some(source) = self.source.take() else {
-            return Ok(());
-        };
-        match self.glue.upgrade() {
-            Some(inner) => inner.attachments.detach(&*source).map(drop),
-            None => Ok(()), // the glue detached everything when it was dropped
-        }
+    pub fn detach(self) -> Result<(), (MioAttachment, io::Error)> {
+        self.0
+            .detach()
+            .map_err(|(back, error)| (MioAttachment(back), error))
     }
 }
 
-impl Drop for MioAttachment {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = panic::catch_unwind(AssertUnwindSafe(|| self.detach_now()));
-        } else {
-            let _ = self.detach_now();
-        }
+impl Detach for Inner {
+    fn detach(&self, source: &dyn Source) -> io::Result<()> {
+        self.attachments.detach(source).map(drop)
     }
 }
 
@@ -815,8 +791,8 @@ impl fmt::Debug for MioGlue {
 impl fmt::Debug for MioAttachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MioAttachment")
-            .field("source", &self.source.as_ref().map(|s| s.data().id()))
-            .field("glue_alive", &(self.glue.strong_count() > 0))
+            .field("source", &self.0.source().data().id())
+            .field("glue_alive", &(self.0.glue().strong_count() > 0))
             .finish()
     }
 }

@@ -107,7 +107,10 @@ use ::tokio::runtime::Handle;
 use ::tokio::time::Sleep;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::glue::{Attachments, FdRegistry, FileIdentity, Recheck, Registrar, TimerQueue, Token};
+use crate::glue::{
+    Attachment, Attachments, Detach, FdRegistry, FileIdentity, Recheck, Registrar, TimerQueue,
+    Token,
+};
 use crate::{
     Delivery, Source, Timeout, TimeoutFunctions, WakeupFn, Watch, WatchFlags, WatchFunctions,
 };
@@ -194,20 +197,14 @@ pub fn attach_to(handle: &Handle, source: Arc<dyn Source>) -> io::Result<TokioAt
         Some(wakeup),
     )?;
     handle.spawn(Driver::new(Arc::clone(&shared), sleep));
-    Ok(TokioAttachment {
-        shared,
-        source: Some(source),
-    })
+    Ok(TokioAttachment(Attachment::new(shared, source)))
 }
 
 /// A source attached to a tokio runtime by [`attach`] or [`attach_to`]. Dropping it detaches
 /// the source: every function the glue installed is uninstalled and every `AsyncFd`
 /// deregistered before the drop returns, and the driver task ends.
 #[must_use = "dropping the attachment detaches the source"]
-pub struct TokioAttachment {
-    shared: Arc<Shared>,
-    source: Option<Arc<dyn Source>>,
-}
+pub struct TokioAttachment(Attachment<Arc<Shared>>);
 
 /// What the glue functions, the token wakers and the driver task of one source share.
 struct Shared {
@@ -783,19 +780,17 @@ impl Future for Driver {
 impl TokioAttachment {
     /// The attached source.
     pub fn source(&self) -> &Arc<dyn Source> {
-        self.source
-            .as_ref()
-            .expect("an attachment holds its source until dropped")
+        self.0.source()
     }
 
     /// How many fds are registered with tokio for this source.
     pub fn registered_fds(&self) -> usize {
-        self.shared.lock().fds.registered()
+        self.0.glue().lock().fds.registered()
     }
 
     /// How many timeouts of this source the glue tracks.
     pub fn timeouts(&self) -> usize {
-        self.shared.lock().timers.len()
+        self.0.glue().lock().timers.len()
     }
 
     /// Detaches the source now, as dropping the attachment does, and reports what went wrong.
@@ -809,37 +804,22 @@ impl TokioAttachment {
     /// # Panics
     ///
     /// If a step of the detach panics (a free-data, say), after every step has run.
-    pub fn detach(mut self) -> Result<(), (TokioAttachment, io::Error)> {
-        let source = self.source.clone();
-        match self.detach_now() {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                self.source = source;
-                Err((self, error))
-            }
-        }
-    }
-
-    fn detach_now(&mut self) -> io::Result<()> {
-        let Some(source) = self.source.take() else {
-            return Ok(());
-        };
-        let detached = self.shared.attachments.detach(&*source);
-        if !matches!(&detached, Err(e) if e.kind() == io::ErrorKind::InvalidInput) {
-            self.shared.detached.store(true, Ordering::SeqCst);
-            self.shared.wake_driver();
-        }
-        detached.map(drop)
+    pub fn detach(self) -> Result<(), (TokioAttachment, io::Error)> {
+        self.0
+            .detach()
+            .map_err(|(back, error)| (TokioAttachment(back), error))
     }
 }
 
-impl Drop for TokioAttachment {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = panic::catch_unwind(AssertUnwindSafe(|| self.detach_now()));
-        } else {
-            let _ = self.detach_now();
+impl Detach for Shared {
+    /// Detaches the source and ends its driver task, unless the detach was refused.
+    fn detach(&self, source: &dyn Source) -> io::Result<()> {
+        let detached = self.attachments.detach(source);
+        if !matches!(&detached, Err(e) if e.kind() == io::ErrorKind::InvalidInput) {
+            self.detached.store(true, Ordering::SeqCst);
+            self.wake_driver();
         }
+        detached.map(drop)
     }
 }
 
@@ -902,9 +882,9 @@ impl TimeoutFunctions for TokioTimeouts {
 
 impl fmt::Debug for TokioAttachment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.shared.lock();
+        let state = self.0.glue().lock();
         f.debug_struct("TokioAttachment")
-            .field("source", &self.source.as_ref().map(|s| s.data().id()))
+            .field("source", &self.0.source().data().id())
             .field("fds", &state.fds)
             .field("timeouts", &state.timers.len())
             .finish()
