@@ -501,8 +501,12 @@ impl<R> FdRegistry<R> {
     /// struct Host; // an edge-triggered host loop, such as mio's
     /// impl Registrar for Host {
     ///     type Registration = ();
-    ///     fn register(&mut self, _: RawFd, _: Token, _: WatchFlags) -> io::Result<()> { Ok(()) }
-    ///     fn reregister(&mut self, _: &mut (), _: RawFd, _: Token, _: WatchFlags) -> io::Result<()> { Ok(()) }
+    ///     fn register(&mut self, _: RawFd, _: Token, _: WatchFlags) -> io::Result<()> {
+    ///         Ok(())
+    ///     }
+    ///     fn reregister(&mut self, _: &mut (), _: RawFd, _: Token, _: WatchFlags) -> io::Result<()> {
+    ///         Ok(())
+    ///     }
     ///     fn deregister(&mut self, _: (), _: RawFd, _: Token) {}
     /// }
     ///
@@ -510,11 +514,13 @@ impl<R> FdRegistry<R> {
     /// let (busy, mut writer) = UnixStream::pair()?;
     /// let mut registry = FdRegistry::new();
     /// for socket in [&idle, &busy] {
-    ///     registry.add(&Watch::new(socket.as_raw_fd(), WatchFlags::READABLE, |_| {}), &mut Host)?;
+    ///     let watch = Watch::new(socket.as_raw_fd(), WatchFlags::READABLE, |_| {});
+    ///     registry.add(&watch, &mut Host)?;
     /// }
     /// writer.write_all(b"left behind by a handler that read part")?;
     /// // The handlers of both fds ran this round: which must run again?
-    /// let round = [registry.token_of(idle.as_raw_fd()).unwrap(), registry.token_of(busy.as_raw_fd()).unwrap()];
+    /// let token = |socket: &UnixStream| registry.token_of(socket.as_raw_fd()).unwrap();
+    /// let round = [token(&idle), token(&busy)];
     /// let mut found = Vec::new();
     /// registry.recheck_many(&round, &mut Host, &mut found)?;
     /// let again: Vec<Token> = found.iter().filter(|(_, r)| r.again()).map(|(t, _)| *t).collect();
