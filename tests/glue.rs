@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use loopglue::glue::{
     Attachment, Attachments, Deadline, DispatchQueue, FdRegistry, FileIdentity, Recheck, Registrar,
-    TimerQueue, Token,
+    TimerGlue, TimerQueue, Token, WatchGlue,
 };
 use loopglue::testing::{MockLoop, SocketPeer};
 use loopglue::{
@@ -480,6 +480,112 @@ fn c17_recheck_many_answers_for_every_fd_of_a_round_in_one_call() {
         reg.remove(w, &mut host);
         list.remove(w).unwrap();
     }
+}
+
+/// A glue built on `WatchGlue` and `TimerGlue`: the logging `Host` as its registrar, a
+/// clock of its own, and a count of the changes it was told about.
+struct Toolkit {
+    state: Mutex<(FdRegistry, Host, TimerQueue)>,
+    changed: AtomicUsize,
+    clock: Instant,
+}
+
+impl WatchGlue for Toolkit {
+    type Registration = ();
+    type Host<'a> = Host;
+    const GONE: &'static str = "test glue";
+
+    fn with_fds<T>(self: &Arc<Self>, f: impl FnOnce(&mut FdRegistry, &mut Host) -> T) -> T {
+        let (fds, host, _) = &mut *self.state.lock().unwrap();
+        f(fds, host)
+    }
+}
+
+impl TimerGlue for Toolkit {
+    fn with_timers<T>(&self, f: impl FnOnce(&mut TimerQueue) -> T) -> T {
+        f(&mut self.state.lock().unwrap().2)
+    }
+    fn timers_changed(&self) {
+        self.changed.fetch_add(1, Ordering::SeqCst);
+    }
+    fn now(&self) -> Instant {
+        self.clock
+    }
+}
+
+#[test]
+fn watch_and_timer_glue_forward_every_call_and_hold_the_glue_weakly() {
+    let _fds = fds_shared();
+    let glue = Arc::new(Toolkit {
+        state: Mutex::default(),
+        changed: AtomicUsize::new(0),
+        clock: Instant::now() + Duration::from_secs(3600), // not the system's clock
+    });
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    let (watches, timeouts) = (WatchList::new(), loopglue::TimeoutList::new());
+    watches
+        .set_functions(Some(Toolkit::watch_functions(&glue)))
+        .unwrap();
+    timeouts
+        .set_functions(Some(Toolkit::timeout_functions(&glue)))
+        .unwrap();
+
+    let w = Watch::new(fd, WatchFlags::READABLE, nop);
+    watches.add(&w).unwrap();
+    watches.toggle(&w, false).unwrap();
+    watches.toggle(&w, true).unwrap();
+    watches.remove(&w).unwrap();
+    assert_eq!(
+        glue.state.lock().unwrap().1.take(),
+        [format!("register {fd} r"), format!("deregister {fd}")],
+        "add, toggles (narrowed lazily: no call) and remove reached the registry"
+    );
+
+    let t = Timeout::new(Duration::from_secs(5), || {});
+    timeouts.add(&t).unwrap();
+    assert_eq!(glue.changed.load(Ordering::SeqCst), 1);
+    let deadline = glue.with_timers(|timers| timers.next_deadline());
+    assert_eq!(
+        deadline.instant(),
+        Some(glue.clock + Duration::from_secs(5)),
+        "the glue's clock"
+    );
+    timeouts.toggle(&t, false).unwrap();
+    timeouts.toggle(&t, true).unwrap();
+    assert_eq!(glue.changed.load(Ordering::SeqCst), 3, "each toggle");
+    timeouts.remove(&t).unwrap();
+    assert_eq!(
+        glue.changed.load(Ordering::SeqCst),
+        3,
+        "a removal brings nothing closer"
+    );
+    assert!(glue.with_timers(|timers| timers.is_empty()));
+
+    // The functions hold the glue weakly: once it is gone, add refuses and the rest do nothing.
+    let kept = Watch::new(fd, WatchFlags::READABLE, nop);
+    watches.add(&kept).unwrap();
+    let kept_timeout = Timeout::new(Duration::from_secs(5), || {});
+    timeouts.add(&kept_timeout).unwrap();
+    let weak = Arc::downgrade(&glue);
+    drop(glue);
+    assert!(weak.upgrade().is_none(), "no cycle through the functions");
+    let refused = |e: loopglue::Error| match e {
+        loopglue::Error::Refused(e) => (e.kind(), e.to_string()),
+        other => panic!("{other}"),
+    };
+    let w2 = Watch::new(fd, WatchFlags::READABLE, nop);
+    let (kind, message) = refused(watches.add(&w2).unwrap_err());
+    assert_eq!(kind, io::ErrorKind::NotConnected);
+    assert_eq!(message, "the test glue was dropped");
+    let t2 = Timeout::new(Duration::from_secs(5), || {});
+    let (kind, message) = refused(timeouts.add(&t2).unwrap_err());
+    assert_eq!(kind, io::ErrorKind::NotConnected);
+    assert_eq!(message, "the glue was dropped", "the default name");
+    watches.toggle(&kept, false).unwrap();
+    watches.remove(&kept).unwrap();
+    timeouts.toggle(&kept_timeout, false).unwrap();
+    timeouts.remove(&kept_timeout).unwrap();
 }
 
 #[test]

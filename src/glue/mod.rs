@@ -12,6 +12,7 @@
 //! | [`Attachments`] | attach all-or-nothing with a clear error, "already attached" refused, detach by identity that finishes every step | C6, C7, C16 |
 //! | [`Attachment`] + [`Detach`] | the handle `attach` returns: detached when dropped (safely while unwinding), handed back when a detach is refused | C6, C15 |
 //! | [`TimerQueue`] + [`Deadline`] | periodic fixed-delay timers, restart on enable with the current interval, huge intervals saturated to never | C9, C10 |
+//! | [`WatchGlue`], [`TimerGlue`] | the glue's watch and timeout functions, forwarded to its `FdRegistry` and `TimerQueue`, holding the glue weakly | C7, C9 |
 //!
 //! Each type is plain data behind the glue's own lock (or, for the last two rows, locks of
 //! its own), and none calls producer code while a lock is held: the glue collects what to
@@ -26,13 +27,14 @@
 //!
 //! 1. **Watches.** Keep an [`FdRegistry`] behind your loop's lock. Implement [`Registrar`] for
 //!    your host loop: `register` / `reregister` / `deregister` an fd for an interest (never
-//!    empty), tagged with a [`Token`] your loop carries back with each readiness report. Your
-//!    [`WatchFunctions`](crate::WatchFunctions) forward `add` / `remove` / `toggled` to the
-//!    registry.
+//!    empty), tagged with a [`Token`] your loop carries back with each readiness report.
+//!    Implement [`WatchGlue`] — how to reach the registry under your lock — and
+//!    [`WatchGlue::watch_functions`] are your [`WatchFunctions`](crate::WatchFunctions).
 //! 2. **Timeouts.** With host timers: arm one for [`Deadline::after`]`(now, interval())` when a
 //!    timeout is added or toggled while enabled (re-read `interval()` each time), cancel it on
 //!    disable or remove, and re-arm from the moment you call `handle()` (fixed delay). Without
-//!    host timers: a [`TimerQueue`] does all of that.
+//!    host timers: a [`TimerQueue`] does all of that, and with [`TimerGlue`] implemented,
+//!    [`TimerGlue::timeout_functions`] are your [`TimeoutFunctions`](crate::TimeoutFunctions).
 //! 3. **Attach.** An [`Attachments`] table per loop: [`Attachments::attach`] with your two
 //!    function sets and a wakeup function; its [`DispatchQueue`] tells you (through the `wake`
 //!    you gave it) when a source has work to dispatch. Hand the caller an [`Attachment`], which
@@ -47,7 +49,8 @@
 //! mode) need nothing more: an fd still ready is reported again. Call
 //! [`FdRegistry::flush`] before blocking if the loop has a hook there. **Edge-triggered**
 //! loops (mio, tokio, calloop in edge mode) add two things (C17): after an fd's handlers ran,
-//! [`FdRegistry::recheck`] it and run them again (after yielding) while
+//! [`FdRegistry::recheck`] it (or [`FdRegistry::recheck_many`] the fds of a round together)
+//! and run them again (after yielding) while
 //! [`Recheck::again`]; clear cached readiness only for [`Recheck::clear`]; and re-check a
 //! token when [`Registrar::widened`] is called, because an edge that passed while nobody
 //! wanted it will not come again.
@@ -63,9 +66,11 @@
 //! use std::sync::{Arc, Mutex};
 //! use std::time::{Duration, Instant};
 //!
-//! use loopglue::glue::{Attachments, FdRegistry, Registrar, TimerQueue, Token};
+//! use loopglue::glue::{
+//!     Attachments, FdRegistry, Registrar, TimerGlue, TimerQueue, Token, WatchGlue,
+//! };
 //! use loopglue::testing::SocketPeer;
-//! use loopglue::{Timeout, TimeoutFunctions, Watch, WatchFlags, WatchFunctions};
+//! use loopglue::{Watch, WatchFlags};
 //! use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 //!
 //! /// The host loop's side: what poll(2) is asked about, per fd.
@@ -94,42 +99,41 @@
 //!     timers: TimerQueue,
 //! }
 //!
-//! type Shared = Arc<Mutex<State>>;
+//! /// The glue: its state behind one lock.
+//! #[derive(Default)]
+//! struct Glue(Mutex<State>);
 //!
-//! struct Watches(Shared);
-//! impl WatchFunctions for Watches {
-//!     fn add(&mut self, watch: &Watch) -> io::Result<()> {
-//!         let state = &mut *self.0.lock().unwrap();
-//!         state.fds.add(watch, &mut state.poll_set)
-//!     }
-//!     fn remove(&mut self, watch: &Watch) {
-//!         let state = &mut *self.0.lock().unwrap();
-//!         state.fds.remove(watch, &mut state.poll_set);
-//!     }
-//!     fn toggled(&mut self, watch: &Watch) {
-//!         let state = &mut *self.0.lock().unwrap();
-//!         state.fds.toggled(watch, &mut state.poll_set);
+//! type Shared = Arc<Glue>;
+//!
+//! impl Glue {
+//!     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+//!         self.0.lock().unwrap()
 //!     }
 //! }
 //!
-//! struct Timeouts(Shared);
-//! impl TimeoutFunctions for Timeouts {
-//!     fn add(&mut self, timeout: &Timeout) -> io::Result<()> {
-//!         self.0.lock().unwrap().timers.add(timeout, Instant::now());
-//!         Ok(())
+//! // The watch and timeout functions: how to reach the registry and the timer queue.
+//! impl WatchGlue for Glue {
+//!     type Registration = ();
+//!     type Host<'a> = PollSet;
+//!     fn with_fds<T>(self: &Arc<Self>, f: impl FnOnce(&mut FdRegistry, &mut PollSet) -> T) -> T {
+//!         let state = &mut *self.lock();
+//!         f(&mut state.fds, &mut state.poll_set)
 //!     }
-//!     fn remove(&mut self, timeout: &Timeout) {
-//!         self.0.lock().unwrap().timers.remove(timeout);
+//! }
+//!
+//! impl TimerGlue for Glue {
+//!     fn with_timers<T>(&self, f: impl FnOnce(&mut TimerQueue) -> T) -> T {
+//!         f(&mut self.lock().timers)
 //!     }
-//!     fn toggled(&mut self, timeout: &Timeout) {
-//!         self.0.lock().unwrap().timers.toggled(timeout, Instant::now());
+//!     fn timers_changed(&self) {
+//!         // A loop that blocks on another thread wakes itself here to read its next deadline.
 //!     }
 //! }
 //!
 //! /// One iteration: wait, handle what is ready, fire what is due, dispatch.
 //! fn iterate(state: &Shared, attachments: &Attachments, max_wait: Duration) -> io::Result<()> {
 //!     let (polled, wait) = {
-//!         let state = &mut *state.lock().unwrap();
+//!         let state = &mut *state.lock();
 //!         state.fds.flush(&mut state.poll_set);
 //!         let polled: Vec<(RawFd, Token, WatchFlags)> =
 //!             state.poll_set.0.iter().map(|(fd, (t, i))| (*fd, *t, *i)).collect();
@@ -156,7 +160,7 @@
 //!
 //!     let mut ready: Vec<(Token, Watch, WatchFlags)> = Vec::new();
 //!     {
-//!         let state = &mut *state.lock().unwrap();
+//!         let state = &mut *state.lock();
 //!         let mut batch = Vec::new();
 //!         for ((_, token, _), revents) in polled.iter().zip(revents) {
 //!             if revents.contains(PollFlags::POLLNVAL) {
@@ -172,11 +176,11 @@
 //!     // No lock is held while producer code runs (C11).
 //!     for (token, watch, condition) in ready {
 //!         let delivery = watch.handle(condition);
-//!         let state = &mut *state.lock().unwrap();
+//!         let state = &mut *state.lock();
 //!         state.fds.report(token, &watch, delivery, &mut state.poll_set);
 //!     }
 //!     loop {
-//!         let due = state.lock().unwrap().timers.next_due(Instant::now());
+//!         let due = state.lock().timers.next_due(Instant::now());
 //!         match due {
 //!             Some(timeout) => drop(timeout.handle()),
 //!             None => break,
@@ -193,8 +197,8 @@
 //! let peer = SocketPeer::new(ours, 2)?; // reads 2 bytes per handle: needs level triggering
 //! attachments.attach(
 //!     Arc::new(peer.clone()),
-//!     Box::new(Watches(Arc::clone(&state))),
-//!     Box::new(Timeouts(Arc::clone(&state))),
+//!     Glue::watch_functions(&state),
+//!     Glue::timeout_functions(&state),
 //!     None,
 //! )?;
 //! std::io::Write::write_all(&mut &theirs, b"hello")?;
@@ -203,7 +207,7 @@
 //! }
 //! assert_eq!(peer.received(), b"hello");
 //! attachments.detach(&peer)?; // removes every registration before the fd can close (C15)
-//! assert!(state.lock().unwrap().poll_set.0.is_empty());
+//! assert!(state.lock().poll_set.0.is_empty());
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
@@ -216,8 +220,10 @@ mod file_identity;
 mod id_hasher;
 mod recheck;
 mod registrar;
+mod timer_glue;
 mod timer_queue;
 mod token;
+mod watch_glue;
 
 pub use attachment::{Attachment, Detach};
 pub use attachments::Attachments;
@@ -227,8 +233,10 @@ pub use fd_registry::FdRegistry;
 pub use file_identity::FileIdentity;
 pub use recheck::Recheck;
 pub use registrar::Registrar;
+pub use timer_glue::TimerGlue;
 pub use timer_queue::TimerQueue;
 pub use token::Token;
+pub use watch_glue::WatchGlue;
 
 /// Tells the user about a producer's breach of the contract that the glue tolerated.
 pub(crate) fn warn(message: &str) {
