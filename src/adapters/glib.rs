@@ -96,8 +96,10 @@ mod fd_source;
 
 use fd_source::fd_source;
 
-use crate::glue::{Attachment, Attachments, Deadline, Detach, FdRegistry, Registrar, Token};
-use crate::{Delivery, Source, Timeout, TimeoutFunctions, Watch, WatchFlags, WatchFunctions};
+use crate::glue::{
+    Attachment, Attachments, Deadline, Detach, FdRegistry, Registrar, Token, WatchGlue,
+};
+use crate::{Delivery, Source, Timeout, TimeoutFunctions, Watch, WatchFlags};
 
 /// How many times one source is dispatched in a row before the others get their turn.
 const DISPATCH_BATCH: usize = 64;
@@ -211,7 +213,7 @@ impl GlibGlue {
         });
         self.inner.attachments.attach(
             Arc::clone(&source),
-            Box::new(GlibWatches(weak.clone())),
+            Inner::watch_functions(&self.inner),
             Box::new(GlibTimeouts(weak)),
             Some(wakeup),
         )?;
@@ -528,29 +530,19 @@ fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the GLib glue was dropped")
 }
 
-/// The glue's watch functions, holding the glue weakly (the source holds them).
-struct GlibWatches(Weak<Inner>);
+/// The glue's watch functions: the registry with the context as its host.
+impl WatchGlue for Inner {
+    type Registration = ::glib::Source;
+    type Host<'a> = Host<'a>;
+    const GONE: &'static str = "GLib glue";
 
-impl WatchFunctions for GlibWatches {
-    fn add(&mut self, watch: &Watch) -> io::Result<()> {
-        let inner = self.0.upgrade().ok_or_else(gone)?;
-        let mut host = inner.host(self.0.clone());
-        let result = inner.state.lock().fds.add(watch, &mut host);
-        result
-    }
-
-    fn remove(&mut self, watch: &Watch) {
-        if let Some(inner) = self.0.upgrade() {
-            let mut host = inner.host(self.0.clone());
-            inner.state.lock().fds.remove(watch, &mut host);
-        }
-    }
-
-    fn toggled(&mut self, watch: &Watch) {
-        if let Some(inner) = self.0.upgrade() {
-            let mut host = inner.host(self.0.clone());
-            inner.state.lock().fds.toggled(watch, &mut host);
-        }
+    fn with_fds<T>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut FdRegistry<::glib::Source>, &mut Host<'_>) -> T,
+    ) -> T {
+        let mut host = self.host(self.weak());
+        let mut state = self.state.lock();
+        f(&mut state.fds, &mut host)
     }
 }
 

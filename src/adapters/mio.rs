@@ -103,12 +103,10 @@ use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 
 use crate::glue::{
-    Attachment, Attachments, Detach, FdRegistry, FileIdentity, Recheck, Registrar, TimerQueue,
-    Token,
+    Attachment, Attachments, Detach, FdRegistry, FileIdentity, Recheck, Registrar, TimerGlue,
+    TimerQueue, Token, WatchGlue,
 };
-use crate::{
-    Delivery, Source, Timeout, TimeoutFunctions, WakeupFn, Watch, WatchFlags, WatchFunctions,
-};
+use crate::{Delivery, Source, WakeupFn, Watch, WatchFlags};
 
 /// How many times one source is dispatched per `process` before the others get their turn.
 const DISPATCH_BATCH: usize = 64;
@@ -447,8 +445,8 @@ impl MioGlue {
         });
         self.inner.attachments.attach(
             Arc::clone(&source),
-            Box::new(MioWatches(weak.clone())),
-            Box::new(MioTimeouts(weak.clone())),
+            Inner::watch_functions(&self.inner),
+            Inner::timeout_functions(&self.inner),
             Some(wakeup),
         )?;
         Ok(MioAttachment(Attachment::new(weak, source)))
@@ -721,55 +719,32 @@ impl Detach for Inner {
     }
 }
 
-/// The glue's watch functions, holding the glue weakly (sources hold their functions).
-struct MioWatches(Weak<Inner>);
+/// The glue's watch functions: the registry with the poll as its host. A new registration,
+/// or a wider one, is re-evaluated by the kernel: an fd ready now reports an edge to the
+/// poll, even one blocked on another thread.
+impl WatchGlue for Inner {
+    type Registration = Slot;
+    type Host<'a> = Host<'a>;
+    const GONE: &'static str = "MioGlue";
 
-fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "the MioGlue was dropped")
-}
-
-impl WatchFunctions for MioWatches {
-    fn add(&mut self, watch: &Watch) -> io::Result<()> {
-        let inner = self.0.upgrade().ok_or_else(gone)?;
-        // A new registration, or a wider one, is re-evaluated by the kernel: an fd ready
-        // now reports an edge to the poll, even one blocked on another thread.
-        inner.with_host(|fds, host| fds.add(watch, host))
-    }
-
-    fn remove(&mut self, watch: &Watch) {
-        if let Some(inner) = self.0.upgrade() {
-            inner.with_host(|fds, host| fds.remove(watch, host));
-        }
-    }
-
-    fn toggled(&mut self, watch: &Watch) {
-        if let Some(inner) = self.0.upgrade() {
-            inner.with_host(|fds, host| fds.toggled(watch, host));
-        }
+    fn with_fds<T>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut FdRegistry<Slot>, &mut Host<'_>) -> T,
+    ) -> T {
+        self.with_host(f)
     }
 }
 
-struct MioTimeouts(Weak<Inner>);
+/// The glue's timeout functions: a change wakes the poll, which asks `poll_timeout` again.
+impl TimerGlue for Inner {
+    const GONE: &'static str = "MioGlue";
 
-impl TimeoutFunctions for MioTimeouts {
-    fn add(&mut self, timeout: &Timeout) -> io::Result<()> {
-        let inner = self.0.upgrade().ok_or_else(gone)?;
-        inner.lock().timers.add(timeout, Instant::now());
-        inner.nudge();
-        Ok(())
+    fn with_timers<T>(&self, f: impl FnOnce(&mut TimerQueue) -> T) -> T {
+        f(&mut self.lock().timers)
     }
 
-    fn remove(&mut self, timeout: &Timeout) {
-        if let Some(inner) = self.0.upgrade() {
-            inner.lock().timers.remove(timeout);
-        }
-    }
-
-    fn toggled(&mut self, timeout: &Timeout) {
-        if let Some(inner) = self.0.upgrade() {
-            inner.lock().timers.toggled(timeout, Instant::now());
-            inner.nudge();
-        }
+    fn timers_changed(&self) {
+        self.nudge();
     }
 }
 

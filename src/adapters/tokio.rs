@@ -108,12 +108,10 @@ use ::tokio::time::Sleep;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::glue::{
-    Attachment, Attachments, Detach, FdRegistry, FileIdentity, Recheck, Registrar, TimerQueue,
-    Token,
+    Attachment, Attachments, Detach, FdRegistry, FileIdentity, Recheck, Registrar, TimerGlue,
+    TimerQueue, Token, WatchGlue,
 };
-use crate::{
-    Delivery, Source, Timeout, TimeoutFunctions, WakeupFn, Watch, WatchFlags, WatchFunctions,
-};
+use crate::{Delivery, Source, WakeupFn, Watch, WatchFlags};
 
 /// How many times the source is dispatched per driver turn before the driver yields.
 const DISPATCH_BATCH: usize = 64;
@@ -183,8 +181,7 @@ pub fn attach_to(handle: &Handle, source: Arc<dyn Source>) -> io::Result<TokioAt
             detached: AtomicBool::new(false),
         }
     });
-    let weak = Arc::downgrade(&shared);
-    let waking = weak.clone();
+    let waking = Arc::downgrade(&shared);
     let wakeup: WakeupFn = Box::new(move || {
         if let Some(shared) = waking.upgrade() {
             shared.notify();
@@ -192,8 +189,8 @@ pub fn attach_to(handle: &Handle, source: Arc<dyn Source>) -> io::Result<TokioAt
     });
     shared.attachments.attach(
         Arc::clone(&source),
-        Box::new(TokioWatches(weak.clone())),
-        Box::new(TokioTimeouts(weak)),
+        Shared::watch_functions(&shared),
+        Shared::timeout_functions(&shared),
         Some(wakeup),
     )?;
     handle.spawn(Driver::new(Arc::clone(&shared), sleep));
@@ -399,33 +396,6 @@ impl Shared {
             self.fresh.lock().extend(tokens);
             self.notify();
         }
-    }
-
-    /// Runs `f` on the fd registry with tokio as its host, then has the driver look at the
-    /// registrations it made or widened.
-    fn with_fds<T>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&mut FdRegistry<Registration>, &mut Host<'_>) -> T,
-    ) -> T {
-        let weak = Arc::downgrade(self);
-        let mut look = Vec::new();
-        let out = {
-            let mut state = self.lock();
-            let mut host = Host {
-                shared: &weak,
-                handle: &self.handle,
-                look: &mut look,
-            };
-            f(&mut state.fds, &mut host)
-        };
-        self.look_at(look);
-        out
-    }
-
-    /// Now on the runtime's clock (virtual while `tokio::time::pause()` is in force).
-    fn now(&self) -> Instant {
-        let _runtime = self.handle.enter();
-        ::tokio::time::Instant::now().into_std()
     }
 }
 
@@ -823,60 +793,51 @@ impl Detach for Shared {
     }
 }
 
-fn gone() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotConnected,
-        "the tokio attachment was dropped",
-    )
-}
+/// The glue's watch functions: the registry with tokio as its host; the driver looks at the
+/// registrations a change made or widened.
+impl WatchGlue for Shared {
+    type Registration = Registration;
+    type Host<'a> = Host<'a>;
+    const GONE: &'static str = "tokio attachment";
 
-/// The glue's watch functions, holding the glue weakly (the source holds its functions).
-struct TokioWatches(Weak<Shared>);
-
-impl WatchFunctions for TokioWatches {
-    fn add(&mut self, watch: &Watch) -> io::Result<()> {
-        let shared = self.0.upgrade().ok_or_else(gone)?;
-        shared.with_fds(|fds, host| fds.add(watch, host))
-    }
-
-    fn remove(&mut self, watch: &Watch) {
-        if let Some(shared) = self.0.upgrade() {
-            shared.with_fds(|fds, host| fds.remove(watch, host));
-        }
-    }
-
-    fn toggled(&mut self, watch: &Watch) {
-        if let Some(shared) = self.0.upgrade() {
-            shared.with_fds(|fds, host| fds.toggled(watch, host));
-        }
+    fn with_fds<T>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut FdRegistry<Registration>, &mut Host<'_>) -> T,
+    ) -> T {
+        let weak = Arc::downgrade(self);
+        let mut look = Vec::new();
+        let out = {
+            let mut state = self.lock();
+            let mut host = Host {
+                shared: &weak,
+                handle: &self.handle,
+                look: &mut look,
+            };
+            f(&mut state.fds, &mut host)
+        };
+        self.look_at(look);
+        out
     }
 }
 
-struct TokioTimeouts(Weak<Shared>);
+/// The glue's timeout functions, on the runtime's clock: a change has the driver set its
+/// sleep again.
+impl TimerGlue for Shared {
+    const GONE: &'static str = "tokio attachment";
 
-impl TimeoutFunctions for TokioTimeouts {
-    fn add(&mut self, timeout: &Timeout) -> io::Result<()> {
-        let shared = self.0.upgrade().ok_or_else(gone)?;
-        let now = shared.now();
-        shared.lock().timers.add(timeout, now);
-        shared.timers_changed.store(true, Ordering::SeqCst);
-        shared.notify();
-        Ok(())
+    fn with_timers<T>(&self, f: impl FnOnce(&mut TimerQueue) -> T) -> T {
+        f(&mut self.lock().timers)
     }
 
-    fn remove(&mut self, timeout: &Timeout) {
-        if let Some(shared) = self.0.upgrade() {
-            shared.lock().timers.remove(timeout);
-        }
+    fn timers_changed(&self) {
+        self.timers_changed.store(true, Ordering::SeqCst);
+        self.notify();
     }
 
-    fn toggled(&mut self, timeout: &Timeout) {
-        if let Some(shared) = self.0.upgrade() {
-            let now = shared.now();
-            shared.lock().timers.toggled(timeout, now);
-            shared.timers_changed.store(true, Ordering::SeqCst);
-            shared.notify();
-        }
+    /// Now on the runtime's clock (virtual while `tokio::time::pause()` is in force).
+    fn now(&self) -> Instant {
+        let _runtime = self.handle.enter();
+        ::tokio::time::Instant::now().into_std()
     }
 }
 

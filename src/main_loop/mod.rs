@@ -26,9 +26,8 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::delivery::Delivery;
 use crate::flags::WatchFlags;
 use crate::functions::{TimeoutFunctions, WatchFunctions};
-use crate::glue::{Attachments, FdRegistry, Registrar, TimerQueue, Token};
+use crate::glue::{Attachments, FdRegistry, Registrar, TimerGlue, TimerQueue, Token, WatchGlue};
 use crate::source::Source;
-use crate::timeout::Timeout;
 use crate::watch::Watch;
 
 pub use poller::Backend;
@@ -220,12 +219,12 @@ impl MainLoop {
 
     /// Glue for a bare [`WatchList`](crate::WatchList): its watches are polled by this loop.
     pub fn watch_functions(&self) -> Box<dyn WatchFunctions> {
-        Box::new(LoopWatches(Arc::downgrade(&self.inner)))
+        Inner::watch_functions(&self.inner)
     }
 
     /// Glue for a bare [`TimeoutList`](crate::TimeoutList): its timeouts run on this loop.
     pub fn timeout_functions(&self) -> Box<dyn TimeoutFunctions> {
-        Box::new(LoopTimeouts(Arc::downgrade(&self.inner)))
+        Inner::timeout_functions(&self.inner)
     }
 
     /// Runs `source` on this loop: installs the loop's watch, timeout, wakeup and
@@ -482,61 +481,32 @@ impl LoopHandle {
     }
 }
 
-/// The loop's glue, holding the loop weakly (its sources hold the glue): once the loop is
-/// gone, `add` refuses and the rest do nothing.
-struct LoopWatches(Weak<Inner>);
+/// The loop's watch functions: the registry with the poller as its host. epoll applies a
+/// change to a wait in progress; a poll(2) runner blocked on the old set is woken.
+impl WatchGlue for Inner {
+    type Registration = ();
+    type Host<'a> = Host<'a>;
+    const GONE: &'static str = "MainLoop";
 
-fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "the MainLoop was dropped")
-}
-
-impl WatchFunctions for LoopWatches {
-    fn add(&mut self, watch: &Watch) -> io::Result<()> {
-        let inner = self.0.upgrade().ok_or_else(gone)?;
-        let mut host = inner.host();
-        inner.lock().fds.add(watch, &mut host)?;
-        inner.nudge_if_polled(&host);
-        Ok(())
-    }
-
-    fn remove(&mut self, watch: &Watch) {
-        if let Some(inner) = self.0.upgrade() {
-            let mut host = inner.host();
-            inner.lock().fds.remove(watch, &mut host);
-            inner.nudge_if_polled(&host);
-        }
-    }
-
-    fn toggled(&mut self, watch: &Watch) {
-        if let Some(inner) = self.0.upgrade() {
-            let mut host = inner.host();
-            inner.lock().fds.toggled(watch, &mut host);
-            inner.nudge_if_polled(&host);
-        }
+    fn with_fds<T>(self: &Arc<Self>, f: impl FnOnce(&mut FdRegistry, &mut Host<'_>) -> T) -> T {
+        let mut host = self.host();
+        let out = f(&mut self.lock().fds, &mut host);
+        self.nudge_if_polled(&host);
+        out
     }
 }
 
-struct LoopTimeouts(Weak<Inner>);
+/// The loop's timeout functions: a change wakes a blocked runner, which reads its next
+/// deadline again.
+impl TimerGlue for Inner {
+    const GONE: &'static str = "MainLoop";
 
-impl TimeoutFunctions for LoopTimeouts {
-    fn add(&mut self, timeout: &Timeout) -> io::Result<()> {
-        let inner = self.0.upgrade().ok_or_else(gone)?;
-        inner.lock().timers.add(timeout, Instant::now());
-        inner.nudge();
-        Ok(())
+    fn with_timers<T>(&self, f: impl FnOnce(&mut TimerQueue) -> T) -> T {
+        f(&mut self.lock().timers)
     }
 
-    fn remove(&mut self, timeout: &Timeout) {
-        if let Some(inner) = self.0.upgrade() {
-            inner.lock().timers.remove(timeout);
-        }
-    }
-
-    fn toggled(&mut self, timeout: &Timeout) {
-        if let Some(inner) = self.0.upgrade() {
-            inner.lock().timers.toggled(timeout, Instant::now());
-            inner.nudge();
-        }
+    fn timers_changed(&self) {
+        self.nudge();
     }
 }
 
