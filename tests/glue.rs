@@ -487,7 +487,7 @@ fn c17_recheck_many_answers_for_every_fd_of_a_round_in_one_call() {
 struct Toolkit {
     state: Mutex<(FdRegistry, Host, TimerQueue)>,
     changed: AtomicUsize,
-    clock: Instant,
+    clock: Mutex<Instant>,
 }
 
 impl WatchGlue for Toolkit {
@@ -509,7 +509,7 @@ impl TimerGlue for Toolkit {
         self.changed.fetch_add(1, Ordering::SeqCst);
     }
     fn now(&self) -> Instant {
-        self.clock
+        *self.clock.lock().unwrap()
     }
 }
 
@@ -519,7 +519,7 @@ fn watch_and_timer_glue_forward_every_call_and_hold_the_glue_weakly() {
     let glue = Arc::new(Toolkit {
         state: Mutex::default(),
         changed: AtomicUsize::new(0),
-        clock: Instant::now() + Duration::from_secs(3600), // not the system's clock
+        clock: Mutex::new(Instant::now() + Duration::from_secs(3600)), // not the system's
     });
     let (ours, _theirs) = UnixStream::pair().unwrap();
     let fd = ours.as_raw_fd();
@@ -548,7 +548,7 @@ fn watch_and_timer_glue_forward_every_call_and_hold_the_glue_weakly() {
     let deadline = glue.with_timers(|timers| timers.next_deadline());
     assert_eq!(
         deadline.instant(),
-        Some(glue.clock + Duration::from_secs(5)),
+        Some(glue.now() + Duration::from_secs(5)),
         "the glue's clock"
     );
     timeouts.toggle(&t, false).unwrap();
@@ -561,6 +561,32 @@ fn watch_and_timer_glue_forward_every_call_and_hold_the_glue_weakly() {
         "a removal brings nothing closer"
     );
     assert!(glue.with_timers(|timers| timers.is_empty()));
+
+    // fire_due: the collected timeouts one at a time, with no lock held (the first handler
+    // disables the second through the glue), each re-armed from the glue's clock.
+    let timeouts = Arc::new(timeouts);
+    let victim: Arc<Mutex<Option<Timeout>>> = Arc::default();
+    let (list, slot) = (Arc::clone(&timeouts), Arc::clone(&victim));
+    let first = Timeout::new(Duration::from_secs(5), move || {
+        let second = slot.lock().unwrap().clone().unwrap();
+        list.toggle(&second, false).unwrap();
+    });
+    // Made second: collected after the first (the same deadline, a later id).
+    let second = Timeout::new(Duration::from_secs(5), || {
+        panic!("disabled before its turn")
+    });
+    *victim.lock().unwrap() = Some(second.clone());
+    timeouts.add(&first).unwrap();
+    timeouts.add(&second).unwrap();
+    let later = glue.now() + Duration::from_secs(5);
+    *glue.clock.lock().unwrap() = later;
+    assert_eq!(glue.with_timers(|timers| timers.collect_due(later)), 2);
+    assert_eq!(glue.fire_due(), 1, "the disabled one is skipped");
+    let deadline = glue.with_timers(|timers| timers.next_deadline());
+    assert_eq!(deadline.instant(), Some(later + Duration::from_secs(5)));
+    assert_eq!(glue.fire_due(), 0, "nothing collected");
+    timeouts.remove(&first).unwrap();
+    timeouts.remove(&second).unwrap();
 
     // The functions hold the glue weakly: once it is gone, add refuses and the rest do nothing.
     let kept = Watch::new(fd, WatchFlags::READABLE, nop);

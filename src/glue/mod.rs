@@ -43,7 +43,8 @@
 //!    the next deadline — then, for each ready token, [`FdRegistry::ready`] under the lock and
 //!    [`Watch::handle`](crate::Watch::handle) without it (and [`FdRegistry::report`] what it
 //!    answered); then the due timeouts ([`TimerQueue::collect_due`], then
-//!    [`TimerQueue::next_due`] one at a time); then [`DispatchQueue::run`].
+//!    [`TimerQueue::next_due`] one at a time: [`TimerGlue::fire_due`]); then
+//!    [`DispatchQueue::run`].
 //!
 //! **Level-triggered** host loops (epoll without `EPOLLET`, poll(2), GLib, calloop in level
 //! mode) need nothing more: an fd still ready is reported again. Call
@@ -179,13 +180,7 @@
 //!         let state = &mut *state.lock();
 //!         state.fds.report(token, &watch, delivery, &mut state.poll_set);
 //!     }
-//!     loop {
-//!         let due = state.lock().timers.next_due(Instant::now());
-//!         match due {
-//!             Some(timeout) => drop(timeout.handle()),
-//!             None => break,
-//!         }
-//!     }
+//!     state.fire_due(); // what `collect_due` found, one at a time
 //!     attachments.queue().run(64);
 //!     Ok(())
 //! }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::timer_queue::TimerQueue;
 use super::watch_glue::gone;
+use crate::delivery::Delivery;
 use crate::functions::TimeoutFunctions;
 use crate::timeout::Timeout;
 
@@ -76,6 +77,29 @@ pub trait TimerGlue: Send + Sync + Sized + 'static {
     /// [`with_timers`](Self::with_timers), the glue held weakly.
     fn timeout_functions(glue: &Arc<Self>) -> Box<dyn TimeoutFunctions> {
         Box::new(QueueTimeouts(Arc::downgrade(glue)))
+    }
+
+    /// Fires the timeouts that [`TimerQueue::collect_due`] found due: takes them from the
+    /// queue one at a time with [`TimerQueue::next_due`] — which starts each one's next period
+    /// as it hands it out (fixed delay, C10) and skips one a handler removed, disabled or
+    /// restarted meanwhile — and calls [`Timeout::handle`] with the lock released (C11).
+    /// Returns how many were delivered.
+    ///
+    /// # Panics
+    ///
+    /// If a handler panics; the timeouts not fired yet stay collected, and come first next
+    /// time.
+    fn fire_due(&self) -> usize {
+        let mut delivered = 0;
+        loop {
+            let now = self.now();
+            let Some(timeout) = self.with_timers(|timers| timers.next_due(now)) else {
+                return delivered;
+            };
+            if timeout.handle() == Delivery::Delivered {
+                delivered += 1;
+            }
+        }
     }
 }
 
