@@ -644,14 +644,7 @@ impl MioGlue {
             }
         }
         if due > 0 {
-            loop {
-                // Fixed delay (C10): the next period starts as `handle` is called.
-                let next = inner.lock().timers.next_due(Instant::now());
-                let Some(timeout) = next else { break };
-                if timeout.handle() == Delivery::Delivered {
-                    ran += 1;
-                }
-            }
+            ran += inner.fire_due();
         }
         // Dispatch last, so that what the handlers above queued is dispatched this round.
         ran + inner.attachments.queue().run(DISPATCH_BATCH)

@@ -673,13 +673,7 @@ impl Driver {
             self.armed = None;
             let now = ::tokio::time::Instant::now().into_std();
             shared.lock().timers.collect_due(now);
-            loop {
-                // Fixed delay (C10): the next period starts as `handle` is called.
-                let now = ::tokio::time::Instant::now().into_std();
-                let next = shared.lock().timers.next_due(now);
-                let Some(timeout) = next else { break };
-                let _ = timeout.handle();
-            }
+            shared.fire_due();
         }
         false
     }

@@ -424,15 +424,8 @@ impl MainLoop {
             }
         }
         if due > 0 {
-            loop {
-                // Fixed delay (C10): the next period starts now, as `handle` is called. One
-                // at a time, so a handler that restarts or removes a later one is obeyed.
-                let next = inner.lock().timers.next_due(Instant::now());
-                let Some(timeout) = next else { break };
-                if timeout.handle() == Delivery::Delivered {
-                    ran += 1;
-                }
-            }
+            // One at a time, so a handler that restarts or removes a later one is obeyed.
+            ran += inner.fire_due();
         }
         // Dispatch last, so that work the handlers above just queued (a message read this
         // round) is dispatched this round rather than after another wait.
