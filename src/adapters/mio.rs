@@ -320,6 +320,17 @@ impl Inner {
         }
     }
 
+    /// The poll as the fd registry's host, with the glue's token slots and re-check list.
+    fn host<'a>(&'a self, slots: &'a mut Slab<Token>, unchecked: &'a mut Vec<Token>) -> Host<'a> {
+        Host {
+            registry: &self.registry,
+            slots,
+            unchecked,
+            first: self.first,
+            capacity: self.end - self.first,
+        }
+    }
+
     /// Runs `f` on the fd registry with the poll as its host; wakes the poll if a
     /// registration now needs a re-check (the loop may be blocked on another thread).
     fn with_host<T>(&self, f: impl FnOnce(&mut FdRegistry<Slot>, &mut Host<'_>) -> T) -> T {
@@ -332,13 +343,7 @@ impl Inner {
                 ..
             } = &mut *state;
             let before = unchecked.len();
-            let mut host = Host {
-                registry: &self.registry,
-                slots,
-                unchecked,
-                first: self.first,
-                capacity: self.end - self.first,
-            };
+            let mut host = self.host(slots, unchecked);
             let out = f(fds, &mut host);
             (out, host.unchecked.len() > before)
         };
@@ -463,13 +468,7 @@ impl MioGlue {
         let wait = {
             let mut state = inner.lock();
             let state = &mut *state;
-            let mut host = Host {
-                registry: &inner.registry,
-                slots: &mut state.slots,
-                unchecked: &mut state.unchecked,
-                first: inner.first,
-                capacity: inner.end - inner.first,
-            };
+            let mut host = inner.host(&mut state.slots, &mut state.unchecked);
             state.fds.flush(&mut host);
             if !state.unchecked.is_empty() {
                 return Some(Duration::ZERO);
@@ -545,13 +544,7 @@ impl MioGlue {
             // `WouldBlock`; a producer need not (libdbus reads 2 KiB), and a re-check after
             // every round would cost a system call per message.
             let mut pending = std::mem::take(&mut state.unchecked);
-            let mut host = Host {
-                registry: &inner.registry,
-                slots: &mut state.slots,
-                unchecked: &mut state.unchecked,
-                first: inner.first,
-                capacity: inner.end - inner.first,
-            };
+            let mut host = inner.host(&mut state.slots, &mut state.unchecked);
             if !pending.is_empty() {
                 let reported = &scratch.reports;
                 pending.retain(|token| !reported.iter().any(|(t, _)| t == token));
