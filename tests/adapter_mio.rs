@@ -3,26 +3,23 @@
 //! the waker, the poll timeout).
 #![cfg(feature = "mio")]
 
-use std::collections::HashMap;
+mod support;
+
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loopglue::adapters::mio::{MioAttachment, MioGlue};
-use loopglue::net::{Connection, ConnectionConfig};
-use loopglue::testing::{run_all, Harness, MockLoop, SocketPeer};
-use loopglue::{
-    SetFunctionsError, Source, SourceData, Timeout, TimeoutFunctions, TimeoutList, Watch,
-    WatchFlags, WatchFunctions, WatchList,
-};
+use loopglue::net::Connection;
+use loopglue::testing::{Harness, MockLoop, SocketPeer};
+use loopglue::{Source, Timeout, Watch, WatchFlags};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-/// How long a test waits for something that must happen; a passing test never waits this long.
-const LIMIT: Duration = Duration::from_secs(10);
+use support::adapter::{self as scenario, pattern, Attached, Detachable, LIMIT};
 
 const GLUE_TOKENS: std::ops::Range<Token> = Token(1000)..Token(1100);
 const WAKER: Token = Token(1000);
@@ -32,7 +29,7 @@ struct App {
     poll: Poll,
     events: Events,
     glue: Arc<MioGlue>,
-    attached: HashMap<u64, MioAttachment>,
+    attached: Attached<MioAttachment>,
     start: Instant,
     /// Whether the last poll returned the glue's waker event.
     woken: bool,
@@ -48,7 +45,7 @@ impl App {
             poll,
             events: Events::with_capacity(256),
             glue,
-            attached: HashMap::new(),
+            attached: Attached::new(),
             start: Instant::now(),
             woken: false,
             foreign: Vec::new(),
@@ -72,32 +69,20 @@ impl App {
 
 impl Harness for App {
     fn attach(&mut self, source: Arc<dyn Source>) -> io::Result<()> {
-        let id = source.data().id();
-        let attachment = self.glue.attach(source)?;
-        self.attached.insert(id, attachment);
+        let attachment = self.glue.attach(Arc::clone(&source))?;
+        self.attached.insert(&source, attachment);
         Ok(())
     }
 
     fn detach(&mut self, source: &Arc<dyn Source>) -> io::Result<()> {
-        match self.attached.remove(&source.data().id()) {
-            Some(attachment) => attachment.detach().map_err(|(_, error)| error),
-            None => Ok(()),
-        }
+        self.attached.detach(source)
     }
 
     fn run_until(&mut self, limit: Duration, done: &mut dyn FnMut() -> bool) -> bool {
-        let end = Instant::now() + limit;
-        loop {
-            if done() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= end {
-                return false;
-            }
-            // Short waits: `done` may be what makes progress possible.
-            self.iterate((end - now).min(Duration::from_millis(5)));
-        }
+        // Short waits: `done` may be what makes progress possible.
+        support::run_until(limit, done, |left| {
+            self.iterate(left.min(Duration::from_millis(5)));
+        })
     }
 
     fn elapsed(&self) -> Duration {
@@ -105,132 +90,30 @@ impl Harness for App {
     }
 }
 
-/// A bare producer: one watch list, one timeout list, no dispatch queue.
-struct Bare {
-    watches: WatchList,
-    timeouts: TimeoutList,
-    data: SourceData,
-}
-
-impl Bare {
-    fn new() -> Bare {
-        Bare {
-            watches: WatchList::new(),
-            timeouts: TimeoutList::new(),
-            data: SourceData::new(),
-        }
+impl Detachable for MioAttachment {
+    fn detach(self) -> Result<(), (Self, io::Error)> {
+        MioAttachment::detach(self)
     }
-}
-
-impl Source for Bare {
-    fn data(&self) -> &SourceData {
-        &self.data
-    }
-    fn set_watch_functions(
-        &self,
-        functions: Option<Box<dyn WatchFunctions>>,
-    ) -> Result<(), SetFunctionsError<dyn WatchFunctions>> {
-        self.watches.set_functions(functions)
-    }
-    fn set_timeout_functions(
-        &self,
-        functions: Option<Box<dyn TimeoutFunctions>>,
-    ) -> Result<(), SetFunctionsError<dyn TimeoutFunctions>> {
-        self.timeouts.set_functions(functions)
-    }
-}
-
-fn report(failures: Vec<loopglue::testing::ScenarioFailure>) -> String {
-    failures
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[test]
 fn mio_glue_passes_every_scenario() {
-    run_all(App::new).unwrap_or_else(|f| panic!("{}", report(f)));
+    support::assert_passes_every_scenario(App::new);
 }
 
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 % 251) as u8).collect()
-}
-
-/// libdbus reads at most 2 KiB per `dbus_watch_handle`: on an edge-triggered poll, a 16 MiB
-/// message arrives whole only if the glue re-checks the fd after each round (C17).
+/// On an edge-triggered poll, the glue re-checks the fd after each round (C17).
 #[test]
 fn c17_a_16_mib_message_read_2_kib_per_handle_arrives_intact() {
-    let mut app = App::new();
-    let (a, b) = UnixStream::pair().unwrap();
-    let config = ConnectionConfig::new()
-        .read_budget(2048)
-        .max_frame_size(17 * 1024 * 1024);
-    let sender = Connection::from_stream_with(a, config.clone()).unwrap();
-    let receiver = Connection::from_stream_with(b, config).unwrap();
-    let got: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
-    let slot = Arc::clone(&got);
-    receiver.set_message_handler(move |_, message| *slot.lock().unwrap() = Some(message));
-    app.attach(Arc::new(sender.clone())).unwrap();
-    app.attach(Arc::new(receiver.clone())).unwrap();
-
-    let message = pattern(16 * 1024 * 1024);
-    sender.send(message.clone()).unwrap();
-    let arrived = app.run(Duration::from_secs(60), || got.lock().unwrap().is_some());
-    assert!(
-        arrived,
-        "stalled after {} bytes",
-        receiver.stats().bytes_received
-    );
-    assert!(*got.lock().unwrap() == Some(message), "altered");
+    scenario::a_16_mib_message_read_2_kib_per_handle_arrives_intact(&mut App::new());
 }
 
 #[test]
 fn net_connection_echo_checks_every_reply() {
     let mut app = App::new();
-    let mut clients = Vec::new();
-    let replies = Arc::new(AtomicU64::new(0));
-    let wrong = Arc::new(AtomicBool::new(false));
-    const MESSAGES: u64 = 200;
-    for c in 0..4u64 {
-        let (a, b) = UnixStream::pair().unwrap();
-        let (client, service) = (
-            Connection::from_stream(a).unwrap(),
-            Connection::from_stream(b).unwrap(),
-        );
-        service.set_message_handler(|conn, message| conn.send(message).unwrap());
-        let (replies, wrong, next) = (
-            Arc::clone(&replies),
-            Arc::clone(&wrong),
-            Arc::new(AtomicU64::new(0)),
-        );
-        client.set_message_handler(move |conn, message| {
-            let seq = next.fetch_add(1, Ordering::SeqCst);
-            if message != [c.to_le_bytes(), seq.to_le_bytes()].concat() {
-                wrong.store(true, Ordering::SeqCst);
-            }
-            replies.fetch_add(1, Ordering::SeqCst);
-            if seq + 1 < MESSAGES {
-                conn.send([c.to_le_bytes(), (seq + 1).to_le_bytes()].concat())
-                    .unwrap();
-            }
-        });
-        app.attach(Arc::new(client.clone())).unwrap();
-        app.attach(Arc::new(service.clone())).unwrap();
-        client
-            .send([c.to_le_bytes(), 0u64.to_le_bytes()].concat())
-            .unwrap();
-        clients.push((client, service));
-    }
-    let all = app.run(LIMIT, || replies.load(Ordering::SeqCst) == 4 * MESSAGES);
-    assert!(all, "{} replies", replies.load(Ordering::SeqCst));
-    assert!(
-        !wrong.load(Ordering::SeqCst),
-        "a reply did not match its request"
-    );
+    let connections = scenario::echo_checks_every_reply(&mut app, 4, 200);
     assert_eq!(app.glue.registered_fds(), 8);
     assert_eq!(app.glue.sources(), 8);
-    drop(clients);
+    drop(connections);
     app.attached.clear();
     assert_eq!(app.glue.registered_fds(), 0);
     assert_eq!(app.glue.sources(), 0);
@@ -366,22 +249,18 @@ fn c16_work_posted_from_another_thread_wakes_a_blocked_poll() {
 #[test]
 fn c16_a_source_with_data_remaining_is_dispatched_without_fd_activity() {
     let mut app = App::new();
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    theirs.set_nonblocking(true).unwrap();
-    let peer = SocketPeer::new(ours, 64).unwrap();
-    peer.post(b"queued before attach"); // DataRemains, no glue yet
+    let (peer, mut theirs) = scenario::peer_with_work_queued(b"queued before attach");
     app.attach(Arc::new(peer.clone())).unwrap();
     assert_eq!(app.glue.poll_timeout(), Some(Duration::ZERO));
     let ran = app.iterate(LIMIT);
     assert!(ran >= 1, "nothing dispatched");
     let mut got = Vec::new();
-    assert!(app.run(LIMIT, || {
-        let mut buf = [0u8; 64];
-        if let Ok(n) = io::Read::read(&mut theirs, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-        got == b"queued before attach"
-    }));
+    assert!(scenario::receive(
+        &mut app,
+        &mut theirs,
+        &mut got,
+        b"queued before attach"
+    ));
 }
 
 #[test]
@@ -422,87 +301,25 @@ fn c10_timeouts_restart_with_the_new_interval_and_huge_intervals_are_never_due()
 
 #[test]
 fn c18_two_watches_on_one_fd_are_one_registration_and_a_hang_up_reaches_both() {
-    let mut app = App::new();
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let fd = ours.as_raw_fd();
-    let peer = SocketPeer::new(ours, 64).unwrap();
-    let heard: Arc<Mutex<Vec<WatchFlags>>> = Arc::default();
-    let sink = Arc::clone(&heard);
-    let extra = Watch::new(fd, WatchFlags::READABLE, move |c| {
-        sink.lock().unwrap().push(c)
-    });
-    peer.watches().add(&extra).unwrap();
-    app.attach(Arc::new(peer.clone())).unwrap();
-    assert_eq!(app.glue.registered_fds(), 1);
-    drop(theirs);
-    assert!(app.run(LIMIT, || heard
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|c| c.contains(WatchFlags::HANGUP))));
-    peer.watches().remove(&extra).unwrap();
+    scenario::a_second_watch_on_an_fd_shares_its_registration_and_hears_the_hang_up(
+        &mut App::new(),
+        |app| app.glue.registered_fds(),
+    );
 }
 
 #[test]
 fn attach_and_detach_from_inside_handlers_and_attach_from_another_thread() {
     let mut app = App::new();
-    let glue = Arc::new(Mutex::new(None::<MioAttachment>));
-    let (a, mut a_other) = UnixStream::pair().unwrap();
-    let (b, mut b_other) = UnixStream::pair().unwrap();
-    let first = SocketPeer::new(a, 64).unwrap();
-    let second = SocketPeer::new(b, 64).unwrap();
-    app.attach(Arc::new(first.clone())).unwrap();
-
-    // From another thread, while nobody runs the loop.
-    let third = {
-        let (c, c_other) = UnixStream::pair().unwrap();
-        let third = SocketPeer::new(c, 64).unwrap();
-        let attachment = std::thread::scope(|s| {
-            s.spawn(|| app.glue.attach(Arc::new(third.clone())).unwrap())
-                .join()
-                .unwrap()
-        });
-        (third, c_other, attachment)
-    };
-
-    // A watch on the first socket attaches the second source, then detaches it, from inside
-    // its handler: the glue's lock is not held while handlers run.
-    // Weak: the handler belongs to a source the glue holds.
-    let app_glue = Arc::downgrade(&app.glue);
-    let (slot, source, calls) = (
-        Arc::clone(&glue),
-        second.clone(),
-        Arc::new(AtomicUsize::new(0)),
+    // Weak inside: the handler belongs to a source the glue holds.
+    let (inside, afar) = (Arc::downgrade(&app.glue), Arc::clone(&app.glue));
+    scenario::attach_and_detach_from_inside_handlers_and_from_another_thread(
+        &mut app,
+        move |source| {
+            let glue = inside.upgrade().expect("the glue outlives its sources");
+            glue.attach(source).unwrap()
+        },
+        move |source| afar.attach(source).unwrap(),
     );
-    let counted = Arc::clone(&calls);
-    let trigger = Watch::new(first.fd().unwrap(), WatchFlags::READABLE, move |_| {
-        let glue = app_glue.upgrade().expect("the glue outlives its sources");
-        let mut slot = slot.lock().unwrap();
-        match counted.fetch_add(1, Ordering::SeqCst) {
-            0 => *slot = Some(glue.attach(Arc::new(source.clone())).unwrap()),
-            _ => {
-                if let Some(attachment) = slot.take() {
-                    attachment.detach().unwrap();
-                }
-            }
-        }
-    });
-    first.watches().add(&trigger).unwrap();
-    a_other.write_all(b"1").unwrap();
-    assert!(app.run(LIMIT, || glue.lock().unwrap().is_some()));
-    b_other.write_all(b"to second").unwrap();
-    assert!(app.run(LIMIT, || second.received_len() == 9));
-    a_other.write_all(b"2").unwrap();
-    assert!(app.run(LIMIT, || calls.load(Ordering::SeqCst) >= 2
-        && glue.lock().unwrap().is_none()));
-    b_other.write_all(b"late").unwrap();
-    assert!(!app.run(Duration::from_millis(50), || second.received_len() > 9));
-
-    let (third, mut c_other, attachment) = third;
-    c_other.write_all(b"three").unwrap();
-    assert!(app.run(LIMIT, || third.received_len() == 5));
-    drop(attachment);
-    first.watches().remove(&trigger).unwrap();
 }
 
 #[test]
@@ -587,27 +404,17 @@ fn the_glue_and_its_attachments_move_and_are_shared_across_threads() {
     send_sync::<MioAttachment>();
 }
 
-/// The write end of a pipe whose read end is closed reports an error (POLLERR): the glue
-/// delivers it, although no watch asks for it (C1).
+/// The write end of a pipe whose read end is closed reports an error (C1).
 #[test]
 fn c1_an_error_reaches_the_watch() {
-    let mut app = App::new();
-    let (read_end, write_end) = nix::unistd::pipe().unwrap();
-    let heard: Arc<Mutex<Vec<WatchFlags>>> = Arc::default();
-    let sink = Arc::clone(&heard);
-    let watch = Watch::new(write_end.as_raw_fd(), WatchFlags::WRITABLE, move |c| {
-        sink.lock().unwrap().push(c);
+    scenario::an_error_reaches_a_write_watch(&mut App::new());
+}
+
+#[test]
+fn an_attachment_dropped_while_unwinding_detaches_without_aborting() {
+    let app = App::new();
+    scenario::an_attachment_dropped_while_unwinding_detaches_without_aborting(|source| {
+        app.glue.attach(source)
     });
-    let bare = Arc::new(Bare::new());
-    bare.watches.add(&watch).unwrap();
-    app.attach(bare.clone()).unwrap();
-    assert!(app.run(LIMIT, || !heard.lock().unwrap().is_empty()));
-    drop(read_end);
-    assert!(app.run(LIMIT, || heard
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|c| c.contains(WatchFlags::ERROR))));
-    bare.watches.remove(&watch).unwrap();
-    drop(write_end);
+    assert_eq!(app.glue.sources(), 0);
 }

@@ -3,25 +3,22 @@
 //! runtime's other tasks not starved by a busy fd.
 #![cfg(feature = "tokio")]
 
-use std::collections::HashMap;
+mod support;
+
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use loopglue::adapters::tokio::{attach, attach_to, TokioAttachment};
-use loopglue::net::{Connection, ConnectionConfig};
-use loopglue::testing::{run_all, Harness, MockLoop, SocketPeer, ThreadCpuClock, ThreadUsage};
-use loopglue::{
-    SetFunctionsError, Source, SourceData, Timeout, TimeoutFunctions, TimeoutList, Watch,
-    WatchFlags, WatchFunctions, WatchList,
-};
+use loopglue::testing::{Harness, MockLoop, SocketPeer, ThreadCpuClock, ThreadUsage};
+use loopglue::{Source, Timeout, Watch, WatchFlags};
 use tokio::runtime::{Builder, Runtime};
 
-/// How long a test waits for something that must happen; a passing test never waits this long.
-const LIMIT: Duration = Duration::from_secs(10);
+use support::adapter::{self as scenario, pattern, Attached, Detachable, LIMIT};
+use support::Bare;
 
 fn current_thread() -> Runtime {
     Builder::new_current_thread().enable_all().build().unwrap()
@@ -51,7 +48,7 @@ fn multi_thread_clocked() -> (Runtime, Arc<Mutex<Vec<ThreadCpuClock>>>) {
 /// A runtime and the sources attached to it, as the scenarios drive them.
 struct App {
     runtime: Runtime,
-    attached: HashMap<u64, TokioAttachment>,
+    attached: Attached<TokioAttachment>,
     start: Instant,
     /// The runtime's worker threads, where the drivers run (multi-thread); `None`: this thread.
     workers: Option<Arc<Mutex<Vec<ThreadCpuClock>>>>,
@@ -61,7 +58,7 @@ impl App {
     fn new(runtime: Runtime) -> App {
         App {
             runtime,
-            attached: HashMap::new(),
+            attached: Attached::new(),
             start: Instant::now(),
             workers: None,
         }
@@ -81,17 +78,13 @@ impl App {
 
 impl Harness for App {
     fn attach(&mut self, source: Arc<dyn Source>) -> io::Result<()> {
-        let id = source.data().id();
-        let attachment = attach_to(self.runtime.handle(), source)?;
-        self.attached.insert(id, attachment);
+        let attachment = attach_to(self.runtime.handle(), Arc::clone(&source))?;
+        self.attached.insert(&source, attachment);
         Ok(())
     }
 
     fn detach(&mut self, source: &Arc<dyn Source>) -> io::Result<()> {
-        match self.attached.remove(&source.data().id()) {
-            Some(attachment) => attachment.detach().map_err(|(_, error)| error),
-            None => Ok(()),
-        }
+        self.attached.detach(source)
     }
 
     /// Runs the runtime (`block_on` on this thread) until `done`, checking it every
@@ -133,55 +126,27 @@ impl Harness for App {
     }
 }
 
-fn report(failures: Vec<loopglue::testing::ScenarioFailure>) -> String {
-    failures
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+impl Detachable for TokioAttachment {
+    fn detach(self) -> Result<(), (Self, io::Error)> {
+        TokioAttachment::detach(self)
+    }
 }
 
 #[test]
 fn tokio_current_thread_passes_every_scenario() {
-    run_all(|| App::new(current_thread())).unwrap_or_else(|f| panic!("{}", report(f)));
+    support::assert_passes_every_scenario(|| App::new(current_thread()));
 }
 
 #[test]
 fn tokio_multi_thread_passes_every_scenario() {
-    run_all(|| App::clocked(multi_thread_clocked())).unwrap_or_else(|f| panic!("{}", report(f)));
+    support::assert_passes_every_scenario(|| App::clocked(multi_thread_clocked()));
 }
 
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 % 251) as u8).collect()
-}
-
-/// libdbus reads at most 2 KiB per `dbus_watch_handle`: with tokio's edge-triggered
-/// readiness, a 16 MiB message arrives whole only if the glue re-checks the fd (C17).
+/// With tokio's edge-triggered readiness, the glue re-checks the fd (C17).
 #[test]
 fn c17_a_16_mib_message_read_2_kib_per_handle_arrives_intact() {
     for runtime in [current_thread(), multi_thread()] {
-        let mut app = App::new(runtime);
-        let (a, b) = UnixStream::pair().unwrap();
-        let config = ConnectionConfig::new()
-            .read_budget(2048)
-            .max_frame_size(17 * 1024 * 1024);
-        let sender = Connection::from_stream_with(a, config.clone()).unwrap();
-        let receiver = Connection::from_stream_with(b, config).unwrap();
-        let got: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
-        let slot = Arc::clone(&got);
-        receiver.set_message_handler(move |_, message| *slot.lock().unwrap() = Some(message));
-        app.attach(Arc::new(sender.clone())).unwrap();
-        app.attach(Arc::new(receiver.clone())).unwrap();
-
-        let message = pattern(16 * 1024 * 1024);
-        sender.send(message.clone()).unwrap();
-        let arrived = app.run(Duration::from_secs(60), || got.lock().unwrap().is_some());
-        assert!(
-            arrived,
-            "stalled after {} bytes",
-            receiver.stats().bytes_received
-        );
-        assert!(*got.lock().unwrap() == Some(message), "altered");
+        scenario::a_16_mib_message_read_2_kib_per_handle_arrives_intact(&mut App::new(runtime));
     }
 }
 
@@ -189,82 +154,8 @@ fn c17_a_16_mib_message_read_2_kib_per_handle_arrives_intact() {
 fn net_connection_echo_checks_every_reply() {
     for runtime in [current_thread(), multi_thread()] {
         let mut app = App::new(runtime);
-        let mut clients = Vec::new();
-        let replies = Arc::new(AtomicU64::new(0));
-        let wrong = Arc::new(AtomicBool::new(false));
-        const MESSAGES: u64 = 200;
-        for c in 0..4u64 {
-            let (a, b) = UnixStream::pair().unwrap();
-            let (client, service) = (
-                Connection::from_stream(a).unwrap(),
-                Connection::from_stream(b).unwrap(),
-            );
-            service.set_message_handler(|conn, message| conn.send(message).unwrap());
-            let (replies, wrong, next) = (
-                Arc::clone(&replies),
-                Arc::clone(&wrong),
-                Arc::new(AtomicU64::new(0)),
-            );
-            client.set_message_handler(move |conn, message| {
-                let seq = next.fetch_add(1, Ordering::SeqCst);
-                if message != [c.to_le_bytes(), seq.to_le_bytes()].concat() {
-                    wrong.store(true, Ordering::SeqCst);
-                }
-                replies.fetch_add(1, Ordering::SeqCst);
-                if seq + 1 < MESSAGES {
-                    conn.send([c.to_le_bytes(), (seq + 1).to_le_bytes()].concat())
-                        .unwrap();
-                }
-            });
-            app.attach(Arc::new(client.clone())).unwrap();
-            app.attach(Arc::new(service.clone())).unwrap();
-            client
-                .send([c.to_le_bytes(), 0u64.to_le_bytes()].concat())
-                .unwrap();
-            clients.push((client, service));
-        }
-        let all = app.run(LIMIT, || replies.load(Ordering::SeqCst) == 4 * MESSAGES);
-        assert!(all, "{} replies", replies.load(Ordering::SeqCst));
-        assert!(
-            !wrong.load(Ordering::SeqCst),
-            "a reply did not match its request"
-        );
+        let _connections = scenario::echo_checks_every_reply(&mut app, 4, 200);
         assert!(app.attached.values().all(|a| a.registered_fds() == 1));
-    }
-}
-
-/// A bare producer: one watch list, one timeout list, no dispatch queue.
-struct Bare {
-    watches: WatchList,
-    timeouts: TimeoutList,
-    data: SourceData,
-}
-
-impl Bare {
-    fn new() -> Bare {
-        Bare {
-            watches: WatchList::new(),
-            timeouts: TimeoutList::new(),
-            data: SourceData::new(),
-        }
-    }
-}
-
-impl Source for Bare {
-    fn data(&self) -> &SourceData {
-        &self.data
-    }
-    fn set_watch_functions(
-        &self,
-        functions: Option<Box<dyn WatchFunctions>>,
-    ) -> Result<(), SetFunctionsError<dyn WatchFunctions>> {
-        self.watches.set_functions(functions)
-    }
-    fn set_timeout_functions(
-        &self,
-        functions: Option<Box<dyn TimeoutFunctions>>,
-    ) -> Result<(), SetFunctionsError<dyn TimeoutFunctions>> {
-        self.timeouts.set_functions(functions)
     }
 }
 
@@ -427,19 +318,15 @@ fn timeouts_run_on_tokios_clock_so_paused_time_drives_them() {
 #[test]
 fn c16_a_source_with_data_remaining_is_dispatched_without_fd_activity() {
     let mut app = App::new(current_thread());
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    theirs.set_nonblocking(true).unwrap();
-    let peer = SocketPeer::new(ours, 64).unwrap();
-    peer.post(b"queued before attach"); // DataRemains, no glue yet
+    let (peer, mut theirs) = scenario::peer_with_work_queued(b"queued before attach");
     app.attach(Arc::new(peer.clone())).unwrap();
     let mut got = Vec::new();
-    assert!(app.run(LIMIT, || {
-        let mut buf = [0u8; 64];
-        if let Ok(n) = io::Read::read(&mut theirs, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-        got == b"queued before attach"
-    }));
+    assert!(scenario::receive(
+        &mut app,
+        &mut theirs,
+        &mut got,
+        b"queued before attach"
+    ));
 }
 
 /// One fd with a megabyte pending for a producer that reads one byte per handle: the
@@ -486,83 +373,24 @@ fn a_busy_fd_does_not_starve_the_runtime() {
 
 #[test]
 fn c18_two_watches_on_one_fd_are_one_asyncfd_and_a_hang_up_reaches_both() {
-    let mut app = App::new(multi_thread());
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let fd = ours.as_raw_fd();
-    let peer = SocketPeer::new(ours, 64).unwrap();
-    let heard: Arc<Mutex<Vec<WatchFlags>>> = Arc::default();
-    let sink = Arc::clone(&heard);
-    let extra = Watch::new(fd, WatchFlags::READABLE, move |c| {
-        sink.lock().unwrap().push(c)
-    });
-    peer.watches().add(&extra).unwrap();
-    app.attach(Arc::new(peer.clone())).unwrap();
-    assert!(app.attached.values().all(|a| a.registered_fds() == 1));
-    drop(theirs);
-    assert!(app.run(LIMIT, || heard
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|c| c.contains(WatchFlags::HANGUP))));
-    peer.watches().remove(&extra).unwrap();
+    scenario::a_second_watch_on_an_fd_shares_its_registration_and_hears_the_hang_up(
+        &mut App::new(multi_thread()),
+        |app| app.attached.values().map(|a| a.registered_fds()).sum(),
+    );
 }
 
 #[test]
 fn attach_and_detach_from_inside_handlers_and_from_another_thread() {
     for runtime in [current_thread(), multi_thread()] {
         let mut app = App::new(runtime);
-        let slot = Arc::new(Mutex::new(None::<TokioAttachment>));
-        let (a, mut a_other) = UnixStream::pair().unwrap();
-        let (b, mut b_other) = UnixStream::pair().unwrap();
-        let first = SocketPeer::new(a, 64).unwrap();
-        let second = SocketPeer::new(b, 64).unwrap();
-        app.attach(Arc::new(first.clone())).unwrap();
-
-        // From another thread, with the runtime's handle.
-        let (c, mut c_other) = UnixStream::pair().unwrap();
-        let third = SocketPeer::new(c, 64).unwrap();
+        // From inside a handler (on the first source's driver task), the runtime is current;
+        // from another thread, attach with the runtime's handle.
         let handle = app.runtime.handle().clone();
-        let from_afar = {
-            let third = third.clone();
-            std::thread::spawn(move || attach_to(&handle, Arc::new(third)).unwrap())
-                .join()
-                .unwrap()
-        };
-
-        // A watch on the first socket attaches the second source, then detaches it, from
-        // inside its handler (on the first source's driver task).
-        let (held, source, calls) = (
-            Arc::clone(&slot),
-            second.clone(),
-            Arc::new(AtomicUsize::new(0)),
+        scenario::attach_and_detach_from_inside_handlers_and_from_another_thread(
+            &mut app,
+            |source| attach(source).unwrap(),
+            move |source| attach_to(&handle, source).unwrap(),
         );
-        let counted = Arc::clone(&calls);
-        let trigger = Watch::new(first.fd().unwrap(), WatchFlags::READABLE, move |_| {
-            let mut held = held.lock().unwrap();
-            match counted.fetch_add(1, Ordering::SeqCst) {
-                0 => *held = Some(attach(Arc::new(source.clone())).unwrap()),
-                _ => {
-                    if let Some(attachment) = held.take() {
-                        attachment.detach().unwrap();
-                    }
-                }
-            }
-        });
-        first.watches().add(&trigger).unwrap();
-        a_other.write_all(b"1").unwrap();
-        assert!(app.run(LIMIT, || slot.lock().unwrap().is_some()));
-        b_other.write_all(b"to second").unwrap();
-        assert!(app.run(LIMIT, || second.received_len() == 9));
-        a_other.write_all(b"2").unwrap();
-        assert!(app.run(LIMIT, || calls.load(Ordering::SeqCst) >= 2
-            && slot.lock().unwrap().is_none()));
-        b_other.write_all(b"late").unwrap();
-        assert!(!app.run(Duration::from_millis(50), || second.received_len() > 9));
-
-        c_other.write_all(b"three").unwrap();
-        assert!(app.run(LIMIT, || third.received_len() == 5));
-        drop(from_afar);
-        first.watches().remove(&trigger).unwrap();
     }
 }
 
@@ -612,27 +440,16 @@ fn an_attachment_moves_and_is_shared_across_threads() {
     send_sync::<TokioAttachment>();
 }
 
-/// The write end of a pipe whose read end is closed reports an error (POLLERR): the glue
-/// delivers it, although no watch asks for it (C1).
+/// The write end of a pipe whose read end is closed reports an error (C1).
 #[test]
 fn c1_an_error_reaches_the_watch() {
-    let mut app = App::new(multi_thread());
-    let (read_end, write_end) = nix::unistd::pipe().unwrap();
-    let heard: Arc<Mutex<Vec<WatchFlags>>> = Arc::default();
-    let sink = Arc::clone(&heard);
-    let watch = Watch::new(write_end.as_raw_fd(), WatchFlags::WRITABLE, move |c| {
-        sink.lock().unwrap().push(c);
+    scenario::an_error_reaches_a_write_watch(&mut App::new(multi_thread()));
+}
+
+#[test]
+fn an_attachment_dropped_while_unwinding_detaches_without_aborting() {
+    let runtime = multi_thread();
+    scenario::an_attachment_dropped_while_unwinding_detaches_without_aborting(|source| {
+        attach_to(runtime.handle(), source)
     });
-    let bare = Arc::new(Bare::new());
-    bare.watches.add(&watch).unwrap();
-    app.attach(bare.clone()).unwrap();
-    assert!(app.run(LIMIT, || !heard.lock().unwrap().is_empty()));
-    drop(read_end);
-    assert!(app.run(LIMIT, || heard
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|c| c.contains(WatchFlags::ERROR))));
-    bare.watches.remove(&watch).unwrap();
-    drop(write_end);
 }
