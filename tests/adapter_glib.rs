@@ -3,27 +3,28 @@
 //! detach from inside handlers, timeouts, and nothing left behind after detach.
 #![cfg(feature = "glib")]
 
+mod support;
+
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use glib::{ControlFlow, MainContext};
 use loopglue::adapters::glib::{GlibAttachment, GlibGlue};
-use loopglue::net::{Connection, ConnectionConfig, Server, ServerConfig};
-use loopglue::testing::{run_all, Harness, SocketPeer};
+use loopglue::net::Connection;
+use loopglue::testing::{Harness, SocketPeer};
 use loopglue::{Source, Timeout};
 
-/// How long a test waits for something that must happen (never reached when it passes).
-const LIMIT: Duration = Duration::from_secs(20);
+use support::adapter::{self as scenario, Attached, Detachable, LIMIT};
 
 /// The glue on a context of its own, iterated by the calling thread.
 struct GlibHarness {
     context: MainContext,
     glue: GlibGlue,
-    attached: Vec<GlibAttachment>,
+    attached: Attached<GlibAttachment>,
     tick: glib::Source,
     start: Instant,
 }
@@ -40,7 +41,7 @@ impl GlibHarness {
         GlibHarness {
             glue: GlibGlue::new(&context),
             context,
-            attached: Vec::new(),
+            attached: Attached::new(),
             tick,
             start: Instant::now(),
         }
@@ -55,37 +56,30 @@ impl Drop for GlibHarness {
 
 impl Harness for GlibHarness {
     fn attach(&mut self, source: Arc<dyn Source>) -> io::Result<()> {
-        self.attached.push(self.glue.attach(source)?);
+        let attachment = self.glue.attach(Arc::clone(&source))?;
+        self.attached.insert(&source, attachment);
         Ok(())
     }
 
     fn detach(&mut self, source: &Arc<dyn Source>) -> io::Result<()> {
-        let id = source.data().id();
-        if let Some(i) = self
-            .attached
-            .iter()
-            .position(|a| a.source().data().id() == id)
-        {
-            self.attached.swap_remove(i).detach().map_err(|(_, e)| e)?;
-        }
-        Ok(())
+        self.attached.detach(source)
     }
 
     fn run_until(&mut self, limit: Duration, done: &mut dyn FnMut() -> bool) -> bool {
-        let end = Instant::now() + limit;
-        loop {
-            if done() {
-                return true;
-            }
-            if Instant::now() >= end {
-                return false;
-            }
+        // The tick bounds each blocking iteration.
+        support::run_until(limit, done, |_| {
             self.context.iteration(true);
-        }
+        })
     }
 
     fn elapsed(&self) -> Duration {
         self.start.elapsed()
+    }
+}
+
+impl Detachable for GlibAttachment {
+    fn detach(self) -> Result<(), (Self, io::Error)> {
+        GlibAttachment::detach(self)
     }
 }
 
@@ -111,100 +105,31 @@ fn iterate_until(context: &MainContext, mut done: impl FnMut() -> bool) -> bool 
 
 #[test]
 fn glib_passes_every_scenario() {
-    run_all(GlibHarness::new).unwrap_or_else(|failures| {
-        let report: Vec<String> = failures.iter().map(ToString::to_string).collect();
-        panic!("{}", report.join("\n"))
-    });
-}
-
-/// Client and service connections echoing `count` messages each over `pairs` socketpairs.
-fn echo(glue: &GlibGlue, context: &MainContext, pairs: usize, count: usize) {
-    let finished = Arc::new(AtomicUsize::new(0));
-    let mut keep = Vec::new();
-    for pair in 0..pairs {
-        let (a, b) = UnixStream::pair().unwrap();
-        let (client, service) = (
-            Connection::from_stream(a).unwrap(),
-            Connection::from_stream(b).unwrap(),
-        );
-        service.set_message_handler(|c, m| c.send(m).unwrap());
-        let (next, done) = (Arc::new(AtomicUsize::new(0)), Arc::clone(&finished));
-        client.set_message_handler(move |c, m| {
-            let seq = next.fetch_add(1, Ordering::SeqCst);
-            assert_eq!(
-                m,
-                format!("{pair}:{seq}").into_bytes(),
-                "reply out of order"
-            );
-            if seq + 1 < count {
-                c.send(format!("{pair}:{}", seq + 1)).unwrap();
-            } else {
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-        keep.push(glue.attach(Arc::new(client.clone())).unwrap());
-        keep.push(glue.attach(Arc::new(service.clone())).unwrap());
-        client.send(format!("{pair}:0")).unwrap();
-    }
-    assert!(iterate_until(context, || finished.load(Ordering::SeqCst) == pairs));
-    drop(keep);
-    assert_eq!(glue.registered_fds(), 0);
-    assert_eq!(glue.sources(), 0);
+    support::assert_passes_every_scenario(GlibHarness::new);
 }
 
 #[test]
 fn echo_through_connections_on_a_context_of_its_own() {
-    let context = MainContext::new();
-    let glue = GlibGlue::new(&context);
-    echo(&glue, &context, 10, 200);
+    let mut harness = GlibHarness::new();
+    let _connections = scenario::echo_checks_every_reply(&mut harness, 10, 200);
+    harness.attached.clear();
+    assert_eq!(harness.glue.registered_fds(), 0);
+    assert_eq!(harness.glue.sources(), 0);
 }
 
 #[test]
 fn a_16_mib_message_read_2_kib_per_handle_arrives_intact() {
-    let context = MainContext::new();
-    let glue = GlibGlue::new(&context);
-    let (a, b) = UnixStream::pair().unwrap();
-    let sender = Connection::from_stream(a).unwrap();
-    let receiver =
-        Connection::from_stream_with(b, ConnectionConfig::default().read_budget(2048)).unwrap();
-    let got: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
-    let slot = Arc::clone(&got);
-    receiver.set_message_handler(move |_, m| *slot.lock().unwrap() = Some(m));
-    let _s = glue.attach(Arc::new(sender.clone())).unwrap();
-    let _r = glue.attach(Arc::new(receiver.clone())).unwrap();
-    let message: Vec<u8> = (0..16usize << 20).map(|i| (i % 251) as u8).collect();
-    sender.send(message.clone()).unwrap();
-    assert!(iterate_until(&context, || got.lock().unwrap().is_some()));
-    assert!(
-        got.lock().unwrap().as_deref() == Some(&message[..]),
-        "altered"
-    );
-    assert!(receiver.stats().bytes_received >= message.len() as u64);
+    scenario::a_16_mib_message_read_2_kib_per_handle_arrives_intact(&mut GlibHarness::new());
 }
 
 #[test]
 fn attaching_a_source_whose_fd_is_closed_fails_cleanly() {
-    let context = MainContext::new();
-    let glue = GlibGlue::new(&context);
-    let (ours, _theirs) = UnixStream::pair().unwrap();
-    // The peer's socket on a number far above those other threads get (they take the lowest
-    // free one), so no parallel test is handed it while it is closed.
-    let high = nix::fcntl::fcntl(&ours, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(700)).unwrap();
-    // SAFETY: F_DUPFD_CLOEXEC just created `high`; nothing else owns it.
-    let peer = SocketPeer::new(unsafe { UnixStream::from_raw_fd(high) }, 64).unwrap();
-    nix::unistd::close(high).unwrap();
-    let err = glue.attach(Arc::new(peer.clone())).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(nix::libc::EBADF), "{err}");
-    assert!(!peer.watches().has_functions() && !peer.timeouts().has_functions());
-    assert_eq!((glue.registered_fds(), glue.sources()), (0, 0));
-    // Nothing of it is left: once its number names the socket again, it attaches.
-    // SAFETY: `high` is closed and is this test's number; the peer owns it again after this.
-    let _ = unsafe { nix::unistd::dup2_raw(&ours, high) }
-        .unwrap()
-        .into_raw_fd();
-    let again = glue.attach(Arc::new(peer.clone())).unwrap();
-    assert_eq!(glue.registered_fds(), 1);
-    drop(again);
+    let glue = GlibGlue::new(&MainContext::new());
+    scenario::a_source_whose_fd_is_closed_is_refused_and_leaves_nothing(
+        |source| glue.attach(source),
+        || (glue.registered_fds(), glue.sources()),
+        700,
+    );
 }
 
 #[test]
@@ -264,52 +189,48 @@ fn a_context_iterated_by_another_thread_runs_what_this_thread_attaches() {
 
 #[test]
 fn a_server_attaches_connections_from_inside_its_handler_and_detaches_them_on_disconnect() {
-    let context = MainContext::new();
-    let glue = GlibGlue::new(&context);
-    let dir = std::env::temp_dir().join(format!("loopglue-glib-{}", std::process::id()));
-    let _ = std::fs::create_dir(&dir);
-    let path = dir.join("server.sock");
-    let _ = std::fs::remove_file(&path);
-    let server =
-        Server::from_listener(UnixListener::bind(&path).unwrap(), ServerConfig::default()).unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let (g, count) = (glue.clone(), Arc::clone(&accepted));
-    server.set_new_connection_function(move |conn| {
-        conn.set_message_handler(|c, m| c.send(m).unwrap());
-        let attachment: Arc<Mutex<Option<GlibAttachment>>> = Arc::default();
-        let slot = Arc::clone(&attachment);
-        // Detached from inside its own handler when the peer goes.
-        conn.set_disconnect_handler(move |_| drop(slot.lock().unwrap().take()));
-        *attachment.lock().unwrap() = Some(g.attach(Arc::new(conn.clone())).unwrap());
-        count.fetch_add(1, Ordering::SeqCst);
-    });
-    let _server = glue.attach(Arc::new(server.clone())).unwrap();
+    let mut harness = GlibHarness::new();
+    let (attacher, glue) = (harness.glue.clone(), harness.glue.clone());
+    scenario::a_server_attaches_connections_from_inside_its_handler_and_they_detach_on_disconnect(
+        &mut harness,
+        "glib",
+        move |source| attacher.attach(source).unwrap(),
+        move || glue.sources(),
+    );
+}
 
-    let replies = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..3 {
-        let client = Connection::connect(&path).unwrap();
-        let seen = Arc::clone(&replies);
-        client.set_message_handler(move |_, m| {
-            assert_eq!(m, b"hello");
-            seen.fetch_add(1, Ordering::SeqCst);
-        });
-        clients.push((
-            glue.attach(Arc::new(client.clone())).unwrap(),
-            client.clone(),
-        ));
-        client.send(b"hello".to_vec()).unwrap();
-    }
-    assert!(iterate_until(&context, || replies.load(Ordering::SeqCst) == 3));
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
-    assert_eq!(glue.sources(), 1 + 3 + 3);
-    for (attachment, client) in clients {
-        drop(attachment);
-        client.close();
-    }
-    assert!(iterate_until(&context, || glue.sources() == 1));
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_dir(&dir);
+#[test]
+fn attach_and_detach_from_inside_handlers_and_from_another_thread() {
+    let mut harness = GlibHarness::new();
+    let (inside, afar) = (harness.glue.clone(), harness.glue.clone());
+    scenario::attach_and_detach_from_inside_handlers_and_from_another_thread(
+        &mut harness,
+        move |source| inside.attach(source).unwrap(),
+        move |source| afar.attach(source).unwrap(),
+    );
+}
+
+#[test]
+fn c18_two_watches_on_one_fd_are_one_registration_and_a_hang_up_reaches_both() {
+    scenario::a_second_watch_on_an_fd_shares_its_registration_and_hears_the_hang_up(
+        &mut GlibHarness::new(),
+        |harness| harness.glue.registered_fds(),
+    );
+}
+
+/// The write end of a pipe whose read end is closed reports an error (C1).
+#[test]
+fn c1_an_error_reaches_the_watch() {
+    scenario::an_error_reaches_a_write_watch(&mut GlibHarness::new());
+}
+
+#[test]
+fn an_attachment_dropped_while_unwinding_detaches_without_aborting() {
+    let glue = GlibGlue::new(&MainContext::new());
+    scenario::an_attachment_dropped_while_unwinding_detaches_without_aborting(|source| {
+        glue.attach(source)
+    });
+    assert_eq!(glue.sources(), 0);
 }
 
 #[test]
@@ -433,34 +354,25 @@ fn a_handler_that_iterates_the_context_is_reentered_safely() {
 
 #[test]
 fn data_remaining_is_dispatched_without_fd_activity() {
-    let context = MainContext::new();
-    let glue = GlibGlue::new(&context);
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    theirs.set_nonblocking(true).unwrap();
-    let peer = SocketPeer::new(ours, 64).unwrap();
+    let mut harness = GlibHarness::new();
     // Work queued before the attach: the glue reads the status once (C16).
-    peer.post(b"early ");
-    let _a = glue.attach(Arc::new(peer.clone())).unwrap();
+    let (peer, mut theirs) = scenario::peer_with_work_queued(b"early ");
+    harness.attach(Arc::new(peer.clone())).unwrap();
     let mut got = Vec::new();
-    let mut drain = |got: &mut Vec<u8>| {
-        let mut buf = [0u8; 64];
-        while let Ok(n) = io::Read::read(&mut theirs, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-    };
-    assert!(iterate_until(&context, || {
-        drain(&mut got);
-        got == b"early "
-    }));
+    assert!(scenario::receive(
+        &mut harness,
+        &mut theirs,
+        &mut got,
+        b"early "
+    ));
     // Work queued on the context's thread outside any handler: an idle source dispatches it.
     peer.post(b"late");
-    assert!(iterate_until(&context, || {
-        drain(&mut got);
-        got == b"early late"
-    }));
+    assert!(scenario::receive(
+        &mut harness,
+        &mut theirs,
+        &mut got,
+        b"early late"
+    ));
 }
 
 #[test]
