@@ -3,100 +3,43 @@
 //! deliberately broken glue, which they must reject.
 
 mod glues;
+mod support;
 
-use loopglue::testing::{run_all, MockLoop, ScenarioFailure};
+use loopglue::testing::{run_all, MockLoop};
 
 use glues::{Defects, PollGlue};
-
-fn report(failures: &[ScenarioFailure]) -> String {
-    failures
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use support::assert_passes_every_scenario;
 
 #[test]
 fn mock_loop_passes_every_scenario() {
-    run_all(MockLoop::new).unwrap_or_else(|f| panic!("{}", report(&f)));
+    assert_passes_every_scenario(MockLoop::new);
 }
 
 #[test]
 fn mock_loop_without_not_requested_entries_passes_every_scenario() {
-    run_all(|| {
+    assert_passes_every_scenario(|| {
         let mock = MockLoop::new();
         mock.set_log_not_requested(false);
         mock
-    })
-    .unwrap_or_else(|f| panic!("{}", report(&f)));
+    });
 }
 
 mod real_loop {
-    use std::io;
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    use loopglue::main_loop::{Backend, MainLoop};
-    use loopglue::testing::{run_all, Harness};
-    use loopglue::Source;
+    use loopglue::main_loop::Backend;
+    use loopglue::testing::run_all;
 
     use super::glues::ThreadedLoop;
-
-    /// MainLoop as the scenarios drive it: real time, bounded waits.
-    struct LoopHarness {
-        main_loop: MainLoop,
-        start: Instant,
-    }
-
-    impl LoopHarness {
-        fn new(backend: Backend) -> LoopHarness {
-            LoopHarness {
-                main_loop: MainLoop::with_backend(backend).expect("loop"),
-                start: Instant::now(),
-            }
-        }
-    }
-
-    impl Harness for LoopHarness {
-        fn attach(&mut self, source: Arc<dyn Source>) -> io::Result<()> {
-            self.main_loop.attach(source)
-        }
-
-        fn detach(&mut self, source: &Arc<dyn Source>) -> io::Result<()> {
-            self.main_loop.detach(&**source)
-        }
-
-        fn run_until(&mut self, limit: Duration, done: &mut dyn FnMut() -> bool) -> bool {
-            let end = Instant::now() + limit;
-            loop {
-                if done() {
-                    return true;
-                }
-                let now = Instant::now();
-                if now >= end {
-                    return false;
-                }
-                // Short waits: `done` may make progress possible (by reading the other end).
-                let wait = (end - now).min(Duration::from_millis(5));
-                self.main_loop.run_once(Some(wait)).expect("run_once");
-            }
-        }
-
-        fn elapsed(&self) -> Duration {
-            self.start.elapsed()
-        }
-    }
+    use super::support::main_loop::LoopHarness;
+    use super::support::{assert_passes_every_scenario, report};
 
     #[test]
     fn main_loop_epoll_passes_every_scenario() {
-        run_all(|| LoopHarness::new(Backend::Epoll))
-            .unwrap_or_else(|f| panic!("{}", super::report(&f)));
+        assert_passes_every_scenario(|| LoopHarness::new(Backend::Epoll));
     }
 
     #[test]
     fn main_loop_poll_passes_every_scenario() {
-        run_all(|| LoopHarness::new(Backend::Poll))
-            .unwrap_or_else(|f| panic!("{}", super::report(&f)));
+        assert_passes_every_scenario(|| LoopHarness::new(Backend::Poll));
     }
 
     /// The loop runs on its own thread; the scenarios drive the producers from theirs, and
@@ -105,7 +48,7 @@ mod real_loop {
     fn main_loop_on_its_own_thread_passes_every_scenario() {
         for backend in [Backend::Epoll, Backend::Poll] {
             run_all(|| ThreadedLoop::new(backend))
-                .unwrap_or_else(|f| panic!("{backend:?}: {}", super::report(&f)));
+                .unwrap_or_else(|f| panic!("{backend:?}: {}", report(&f)));
         }
     }
 }
@@ -113,7 +56,7 @@ mod real_loop {
 /// A glue written on the public API alone passes — the scenarios are usable by anyone's glue.
 #[test]
 fn a_correct_poll_glue_passes_every_scenario() {
-    run_all(|| PollGlue::new(Defects::default())).unwrap_or_else(|f| panic!("{}", report(&f)));
+    assert_passes_every_scenario(|| PollGlue::new(Defects::default()));
 }
 
 /// Runs every scenario on a glue with `defects` and returns the names of those that failed.

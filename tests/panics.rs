@@ -7,6 +7,8 @@
 //! The panicking code is a wrapper around the connection (`Rigged`), as an application's
 //! glue or handler would be; the loops under test are unchanged.
 
+mod support;
+
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
@@ -21,6 +23,8 @@ use loopglue::{
     DispatchStatus, DispatchStatusFn, SetFunctionsError, Source, SourceData, Timeout,
     TimeoutFunctions, WakeupFn, Watch, WatchFunctions,
 };
+
+use support::main_loop::LoopHarness;
 
 /// How long a step may take before the probe gives up: generous, never reached when passing.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -228,42 +232,6 @@ enum Kind {
     MainLoop(Backend),
 }
 
-/// MainLoop with real time and bounded waits, as in tests/conformance.rs.
-struct RealLoop {
-    main_loop: MainLoop,
-    start: Instant,
-}
-
-impl Harness for RealLoop {
-    fn attach(&mut self, source: Arc<dyn Source>) -> io::Result<()> {
-        self.main_loop.attach(source)
-    }
-
-    fn detach(&mut self, source: &Arc<dyn Source>) -> io::Result<()> {
-        self.main_loop.detach(&**source)
-    }
-
-    fn run_until(&mut self, limit: Duration, done: &mut dyn FnMut() -> bool) -> bool {
-        let end = Instant::now() + limit;
-        loop {
-            if done() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= end {
-                return false;
-            }
-            let _ = self
-                .main_loop
-                .run_once(Some((end - now).min(Duration::from_millis(5))));
-        }
-    }
-
-    fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-}
-
 type Replies = Arc<Mutex<Vec<Vec<u8>>>>;
 
 struct Probe {
@@ -287,10 +255,7 @@ impl Probe {
     fn new(kind: Kind) -> Probe {
         let mut h: Box<dyn Harness> = match kind {
             Kind::Mock => Box::new(MockLoop::new()),
-            Kind::MainLoop(backend) => Box::new(RealLoop {
-                main_loop: MainLoop::with_backend(backend).unwrap(),
-                start: Instant::now(),
-            }),
+            Kind::MainLoop(backend) => Box::new(LoopHarness::new(backend)),
         };
         let trap: Arc<Trap> = Arc::default();
         let (x, y) = UnixStream::pair().unwrap();

@@ -19,6 +19,8 @@ use loopglue::{
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::support::run_until;
+
 /// The longest a harness blocks before checking the scenario's `done` again.
 const STEP: Duration = Duration::from_millis(5);
 
@@ -290,17 +292,7 @@ impl Harness for PollGlue {
     }
 
     fn run_until(&mut self, limit: Duration, done: &mut dyn FnMut() -> bool) -> bool {
-        let end = Instant::now() + limit;
-        loop {
-            if done() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= end {
-                return false;
-            }
-            self.run_once((end - now).min(STEP));
-        }
+        run_until(limit, done, |left| self.run_once(left.min(STEP)))
     }
 
     fn elapsed(&self) -> Duration {
@@ -376,17 +368,9 @@ impl Harness for ThreadedLoop {
     }
 
     fn run_until(&mut self, limit: Duration, done: &mut dyn FnMut() -> bool) -> bool {
-        let end = Instant::now() + limit;
-        loop {
-            if done() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= end {
-                return false;
-            }
-            self.next_iteration((end - now).min(Duration::from_millis(50)));
-        }
+        run_until(limit, done, |left| {
+            self.next_iteration(left.min(Duration::from_millis(50)))
+        })
     }
 
     fn elapsed(&self) -> Duration {

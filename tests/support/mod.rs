@@ -3,6 +3,7 @@
 //!
 //! * [`run_until`]: the bounded loop of every harness's `Harness::run_until`;
 //! * [`assert_passes_every_scenario`]: `testing::run_all`, its failures in the panic message;
+//! * [`main_loop::LoopHarness`]: `MainLoop` as the scenarios drive it;
 //! * [`Bare`]: a producer with one watch list, one timeout list, and no dispatch queue;
 //! * [`adapter`]: the scenarios and harness parts every adapter's tests share;
 //! * [`history`]: per-set call histories for the multi-threaded list probes.
@@ -10,11 +11,12 @@
 
 pub mod adapter;
 pub mod history;
+pub mod main_loop;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use loopglue::testing::{run_all, Harness};
+use loopglue::testing::{run_all, Harness, ScenarioFailure};
 use loopglue::{
     DispatchStatusFn, SetFunctionsError, Source, SourceData, TimeoutFunctions, TimeoutList,
     WatchFunctions, WatchList,
@@ -43,9 +45,14 @@ pub fn run_until(
 /// Runs every conformance scenario on harnesses from `make`; panics with the failures.
 pub fn assert_passes_every_scenario<H: Harness>(make: impl FnMut() -> H) {
     if let Err(failures) = run_all(make) {
-        let report: Vec<String> = failures.iter().map(ToString::to_string).collect();
-        panic!("{}", report.join("\n"));
+        panic!("{}", report(&failures));
     }
+}
+
+/// The failures of `run_all`, one a line.
+pub fn report(failures: &[ScenarioFailure]) -> String {
+    let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    lines.join("\n")
 }
 
 /// A bare producer: one watch list, one timeout list, no dispatch queue. With `explode` set,
