@@ -11,37 +11,22 @@
 //! `tests/panics.rs` (a panic in every callback), and the fd-reuse cases in
 //! `tests/mock_loop.rs`.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use loopglue::{Watch, WatchFlags, WatchFunctions, WatchList};
+
+use support::history::{Event, Record, Rng, SetLog, Shared};
 
 const WORKERS: u64 = 4;
 const WORKER_OPS: usize = 3_000;
 const REPLACERS: u64 = 2;
 const REPLACEMENTS: usize = 200;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Event {
-    Add(bool),
-    Refused,
-    Toggled(bool),
-    Remove,
-}
-
-#[derive(Default)]
-struct Record {
-    /// (set, object) → what that set heard about that object, in order.
-    history: HashMap<(u64, u64), Vec<Event>>,
-    /// set → how many times it was freed.
-    freed: HashMap<u64, usize>,
-    sets: HashSet<u64>,
-}
-
-type Shared = Arc<Mutex<Record>>;
 
 /// Glue data stored by every add (accepted or not); stores and drops are counted.
 struct Tag(Arc<AtomicUsize>);
@@ -60,8 +45,7 @@ enum Fail {
 }
 
 struct Recorder {
-    set: u64,
-    record: Shared,
+    log: SetLog,
     adds: usize,
     fail: Fail,
     stored: Arc<AtomicUsize>,
@@ -75,12 +59,8 @@ impl Recorder {
         stored: &Arc<AtomicUsize>,
         dropped: &Arc<AtomicUsize>,
     ) -> Recorder {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let set = NEXT.fetch_add(1, Ordering::Relaxed);
-        record.lock().unwrap().sets.insert(set);
         Recorder {
-            set,
-            record: Arc::clone(record),
+            log: SetLog::new(record),
             adds: 0,
             fail,
             stored: Arc::clone(stored),
@@ -89,13 +69,7 @@ impl Recorder {
     }
 
     fn note(&self, object: u64, event: Event) {
-        self.record
-            .lock()
-            .unwrap()
-            .history
-            .entry((self.set, object))
-            .or_default()
-            .push(event);
+        self.log.note(object, event);
     }
 }
 
@@ -124,33 +98,6 @@ impl WatchFunctions for Recorder {
     }
     fn toggled(&mut self, w: &Watch) {
         self.note(w.id(), Event::Toggled(w.is_enabled()));
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        *self
-            .record
-            .lock()
-            .unwrap()
-            .freed
-            .entry(self.set)
-            .or_default() += 1;
-    }
-}
-
-/// xorshift64*: deterministic per thread.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 

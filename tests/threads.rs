@@ -3,33 +3,19 @@
 //! (set, object) history must read `add (toggled)* remove`, or be still open on the installed
 //! set with the state the object really has; every set is freed exactly once.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use loopglue::{ObjectList, Timeout, TimeoutFunctions, Watch, WatchFlags, WatchFunctions};
 
+use support::history::{Event, Rng, SetLog, Shared};
+
 const THREADS: u64 = 8;
 const OPS: usize = 10_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Event {
-    Add(bool),
-    Toggled(bool),
-    Remove,
-}
-
-#[derive(Default)]
-struct Record {
-    /// (set, object) → what that set was told about that object, in order.
-    history: HashMap<(u64, u64), Vec<Event>>,
-    /// set → how many times its free-data ran.
-    freed: HashMap<u64, usize>,
-}
-
-type Shared = Arc<Mutex<Record>>;
 
 trait Obj: Clone + Send + Sync + 'static {
     fn id(&self) -> u64;
@@ -62,26 +48,18 @@ impl Obj for Timeout {
 }
 
 struct Recorder {
-    set: u64,
-    record: Shared,
+    log: SetLog,
 }
 
 impl Recorder {
     fn new(record: &Shared) -> Recorder {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
         Recorder {
-            set: NEXT.fetch_add(1, Ordering::Relaxed),
-            record: Arc::clone(record),
+            log: SetLog::new(record),
         }
     }
 
     fn note(&self, object: u64, event: Event) {
-        let mut record = self.record.lock().unwrap();
-        record
-            .history
-            .entry((self.set, object))
-            .or_default()
-            .push(event);
+        self.log.note(object, event);
     }
 }
 
@@ -108,33 +86,6 @@ impl TimeoutFunctions for Recorder {
     }
     fn toggled(&mut self, t: &Timeout) {
         self.note(t.id(), Event::Toggled(t.is_enabled()));
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        *self
-            .record
-            .lock()
-            .unwrap()
-            .freed
-            .entry(self.set)
-            .or_default() += 1;
-    }
-}
-
-/// xorshift64*: deterministic per thread, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
@@ -187,7 +138,7 @@ fn hammer<O: Obj + loopglue::Object>(
                             // is current cannot interleave with another thread's install.
                             let mut current = installed.lock().unwrap();
                             let set = Recorder::new(&record);
-                            let id = set.set;
+                            let id = set.log.set;
                             if install(&list, set) {
                                 *current = Some(id);
                             }
@@ -237,7 +188,7 @@ fn check<O: Obj>(
                     state = now;
                 }
                 Event::Remove => closed = true,
-                Event::Add(_) => panic!("second add at {i}: {events:?}"),
+                Event::Add(_) | Event::Refused => panic!("second add at {i}: {events:?}"),
             }
         }
         if !closed {
@@ -281,7 +232,7 @@ fn run<O: Obj + loopglue::Object>(
     let installed: Installed = Arc::default();
     let list = Arc::new(ObjectList::<O>::new());
     let first = Recorder::new(&record);
-    *installed.lock().unwrap() = Some(first.set);
+    *installed.lock().unwrap() = Some(first.log.set);
     assert!(install(&list, first));
     let objects = hammer(Arc::clone(&list), make, install, &record, &installed);
     let current = *installed.lock().unwrap();
