@@ -4,6 +4,7 @@
 //! ever checked as a lower bound.
 
 mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, IntoRawFd};
@@ -16,6 +17,7 @@ use common::bounded;
 use loopglue::main_loop::{Backend, MainLoop};
 use loopglue::testing::SocketPeer;
 use loopglue::{Source, Timeout, TimeoutList, Watch, WatchFlags, WatchList};
+use support::{fds_exclusive, fds_shared};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -25,16 +27,24 @@ fn backends() -> Vec<Backend> {
 
 /// Runs the loop until `done` or the deadline; false on timeout.
 fn run_until(lp: &MainLoop, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + DEADLINE;
-    while !done() {
-        let now = Instant::now();
-        if now >= end {
-            return false;
-        }
-        lp.run_once(Some((end - now).min(Duration::from_millis(20))))
+    support::run_until(DEADLINE, &mut done, |left| {
+        lp.run_once(Some(left.min(Duration::from_millis(20))))
             .expect("run_once");
-    }
-    true
+    })
+}
+
+/// A bare watch list whose watches `lp` polls.
+fn watch_list(lp: &MainLoop) -> WatchList {
+    let list = WatchList::new();
+    list.set_functions(Some(lp.watch_functions())).unwrap();
+    list
+}
+
+/// A bare timeout list whose timeouts run on `lp`.
+fn timeout_list(lp: &MainLoop) -> TimeoutList {
+    let list = TimeoutList::new();
+    list.set_functions(Some(lp.timeout_functions())).unwrap();
+    list
 }
 
 /// A peer attached to `lp`, the other end of its socket, and the attached source — which the
@@ -45,18 +55,6 @@ fn peer(lp: &MainLoop, budget: usize) -> (SocketPeer, UnixStream, Arc<dyn Source
     let source: Arc<dyn Source> = Arc::new(peer.clone());
     lp.attach(Arc::clone(&source)).unwrap();
     (peer, theirs, source)
-}
-
-/// Tests that close an fd and then use its number take this exclusively: no other test of this
-/// file may open an fd meanwhile and be handed that number.
-static FD_NUMBERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-fn fds_shared() -> std::sync::RwLockReadGuard<'static, ()> {
-    FD_NUMBERS.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn fds_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
-    FD_NUMBERS.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[test]
@@ -142,8 +140,7 @@ fn c10_timeouts_are_periodic_and_c9_restart_on_enable() {
     let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
-        let list = TimeoutList::new();
-        list.set_functions(Some(lp.timeout_functions())).unwrap();
+        let list = timeout_list(&lp);
         // (start of the run_once that fired, time of the firing)
         let fired: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
         let round_start: Arc<Mutex<Instant>> = Arc::new(Mutex::new(Instant::now()));
@@ -201,8 +198,7 @@ fn quit_from_another_thread_ends_run() {
     let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
-        let list = TimeoutList::new();
-        list.set_functions(Some(lp.timeout_functions())).unwrap();
+        let list = timeout_list(&lp);
         // A timeout tells the other thread the loop is running; that thread then quits it.
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(Some(tx));
@@ -263,8 +259,7 @@ fn run_once_refuses_a_second_runner() {
 fn c15_epoll_refuses_a_closed_fd_at_add() {
     let _fds = fds_exclusive();
     let lp = MainLoop::with_backend(Backend::Epoll).unwrap();
-    let list = WatchList::new();
-    list.set_functions(Some(lp.watch_functions())).unwrap();
+    let list = watch_list(&lp);
     let (a, _b) = UnixStream::pair().unwrap();
     let fd = a.into_raw_fd();
     nix::unistd::close(fd).unwrap();
@@ -280,8 +275,7 @@ fn c15_epoll_refuses_a_closed_fd_at_add() {
 fn c15_poll_drops_a_closed_fd_without_spinning() {
     let _fds = fds_exclusive();
     let lp = MainLoop::with_backend(Backend::Poll).unwrap();
-    let list = WatchList::new();
-    list.set_functions(Some(lp.watch_functions())).unwrap();
+    let list = watch_list(&lp);
     let (a, _b) = UnixStream::pair().unwrap();
     let fd = a.into_raw_fd();
     let handled = Arc::new(AtomicUsize::new(0));
@@ -313,8 +307,7 @@ fn c15_an_fd_closed_while_registered_never_spins() {
     let _fds = fds_exclusive();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
-        let list = WatchList::new();
-        list.set_functions(Some(lp.watch_functions())).unwrap();
+        let list = watch_list(&lp);
         let (a, _b) = UnixStream::pair().unwrap();
         let fd = a.into_raw_fd();
         let (calls, handler) = counter();
@@ -350,12 +343,8 @@ fn scale_100k_watches_and_100k_timeouts() {
     let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
-        let watches = WatchList::new();
-        let timeouts = TimeoutList::new();
-        watches.set_functions(Some(lp.watch_functions())).unwrap();
-        timeouts
-            .set_functions(Some(lp.timeout_functions()))
-            .unwrap();
+        let watches = watch_list(&lp);
+        let timeouts = timeout_list(&lp);
         // 5,000 socketpairs, 10 watches on each end: 100,000 watches on 10,000 fds.
         let pairs: Vec<(UnixStream, UnixStream)> =
             (0..5_000).map(|_| UnixStream::pair().unwrap()).collect();
@@ -435,9 +424,7 @@ fn c15_a_recycled_fd_number_neither_silences_nor_feeds_another_producer() {
     let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
-        let (a_list, b_list) = (WatchList::new(), WatchList::new());
-        a_list.set_functions(Some(lp.watch_functions())).unwrap();
-        b_list.set_functions(Some(lp.watch_functions())).unwrap();
+        let (a_list, b_list) = (watch_list(&lp), watch_list(&lp));
         let (a, _a_peer) = UnixStream::pair().unwrap();
         let mut owned = std::os::fd::OwnedFd::from(a);
         let fd = owned.as_raw_fd();
@@ -486,8 +473,7 @@ fn c10_a_huge_interval_never_fires_and_never_panics() {
     let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
-        let list = TimeoutList::new();
-        list.set_functions(Some(lp.timeout_functions())).unwrap();
+        let list = timeout_list(&lp);
         let fired = Arc::new(AtomicUsize::new(0));
         let f = Arc::clone(&fired);
         let t = Timeout::new(Duration::MAX, move || {
@@ -512,11 +498,7 @@ fn c14_a_panicking_handler_does_not_drop_the_timeouts_due_in_its_round() {
     let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
-        let (watches, timeouts) = (WatchList::new(), TimeoutList::new());
-        watches.set_functions(Some(lp.watch_functions())).unwrap();
-        timeouts
-            .set_functions(Some(lp.timeout_functions()))
-            .unwrap();
+        let (watches, timeouts) = (watch_list(&lp), timeout_list(&lp));
         let (a, b) = UnixStream::pair().unwrap();
         let w = Watch::new(a.as_raw_fd(), WatchFlags::READABLE, |_| panic!("handler"));
         let fired = Arc::new(AtomicUsize::new(0));
@@ -670,8 +652,7 @@ fn c16_a_panicking_status_function_does_not_strand_the_source() {
         lp.attach(Arc::clone(&q) as Arc<dyn Source>).unwrap();
         // The message arrives through a watch handler on the loop's thread, as net does.
         let (a, b) = UnixStream::pair().unwrap();
-        let list = WatchList::new();
-        list.set_functions(Some(lp.watch_functions())).unwrap();
+        let list = watch_list(&lp);
         let poster = Arc::clone(&q);
         let w = Watch::new(a.as_raw_fd(), WatchFlags::READABLE, move |_| {
             let _ = (&a).read(&mut [0u8; 8]);
@@ -849,8 +830,7 @@ fn c16_a_wakeup_from_the_loops_own_thread_does_not_cut_the_next_wait_short() {
         let lp = MainLoop::with_backend(backend).unwrap();
         let q = Queue::new();
         lp.attach(Arc::clone(&q) as Arc<dyn Source>).unwrap();
-        let list = WatchList::new();
-        list.set_functions(Some(lp.watch_functions())).unwrap();
+        let list = watch_list(&lp);
         let (a, b) = UnixStream::pair().unwrap();
         let poster = Arc::clone(&q);
         let w = Watch::new(a.as_raw_fd(), WatchFlags::READABLE, move |_| {
@@ -879,11 +859,7 @@ fn c7_replacing_a_set_with_another_of_the_same_loop_keeps_everything_running() {
     let _fds = fds_shared();
     for backend in backends() {
         let lp = MainLoop::with_backend(backend).unwrap();
-        let (watches, timeouts) = (WatchList::new(), TimeoutList::new());
-        watches.set_functions(Some(lp.watch_functions())).unwrap();
-        timeouts
-            .set_functions(Some(lp.timeout_functions()))
-            .unwrap();
+        let (watches, timeouts) = (watch_list(&lp), timeout_list(&lp));
         let (a, b) = UnixStream::pair().unwrap();
         let (reads, handler) = counter();
         let w = Watch::new(a.as_raw_fd(), WatchFlags::READABLE, handler);

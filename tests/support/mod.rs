@@ -5,6 +5,7 @@
 //! * [`assert_passes_every_scenario`]: `testing::run_all`, its failures in the panic message;
 //! * [`main_loop::LoopHarness`]: `MainLoop` as the scenarios drive it;
 //! * [`Bare`]: a producer with one watch list, one timeout list, and no dispatch queue;
+//! * [`fds_shared`] / [`fds_exclusive`]: tests that reuse a closed fd's number run alone;
 //! * [`adapter`]: the scenarios and harness parts every adapter's tests share;
 //! * [`history`]: per-set call histories for the multi-threaded list probes.
 #![allow(dead_code)]
@@ -14,6 +15,7 @@ pub mod history;
 pub mod main_loop;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use loopglue::testing::{run_all, Harness, ScenarioFailure};
@@ -95,4 +97,18 @@ impl Source for Bare {
             panic!("uninstall (expected by the test)");
         }
     }
+}
+
+/// Tests that close an fd and then use its number take this exclusively: no other test of the
+/// same file may open an fd meanwhile and be handed that number.
+static FD_NUMBERS: RwLock<()> = RwLock::new(());
+
+/// For a test that opens fds: none of it runs while a test holds [`fds_exclusive`].
+pub fn fds_shared() -> RwLockReadGuard<'static, ()> {
+    FD_NUMBERS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// For a test that closes an fd and then uses its number.
+pub fn fds_exclusive() -> RwLockWriteGuard<'static, ()> {
+    FD_NUMBERS.write().unwrap_or_else(|e| e.into_inner())
 }
