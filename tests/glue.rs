@@ -2,6 +2,8 @@
 //! and lazy narrowing (C9, C18), recycled and closed fds (C15), the edge-triggered re-check
 //! (C17), dispatch scheduling (C16), attachments, and timer arithmetic (C10).
 
+mod support;
+
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -17,6 +19,7 @@ use loopglue::testing::{MockLoop, SocketPeer};
 use loopglue::{
     Delivery, Source, Timeout, TimeoutFunctions, Watch, WatchFlags, WatchFunctions, WatchList,
 };
+use support::{fds_exclusive, fds_shared, Bare};
 
 /// A host loop that logs every operation and can be told to fail the next one.
 #[derive(Default)]
@@ -77,18 +80,6 @@ impl Registrar for Host {
 }
 
 fn nop(_: WatchFlags) {}
-
-/// Tests that close an fd and then use its number take this exclusively: no other test of this
-/// file may open an fd meanwhile and be handed that number.
-static FD_NUMBERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-fn fds_shared() -> std::sync::RwLockReadGuard<'static, ()> {
-    FD_NUMBERS.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn fds_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
-    FD_NUMBERS.write().unwrap_or_else(|e| e.into_inner())
-}
 
 #[test]
 fn c18_watches_of_one_fd_share_one_registration_that_follows_enabled_state() {
@@ -847,38 +838,6 @@ fn detach_finishes_every_step_when_a_free_data_panics() {
     table2.detach(&peer).unwrap();
 }
 
-/// A source whose uninstall panics once `explode` is set: a detach step that panics.
-#[derive(Default)]
-struct Fragile {
-    watches: WatchList,
-    timeouts: loopglue::TimeoutList,
-    data: loopglue::SourceData,
-    explode: std::sync::atomic::AtomicBool,
-}
-
-impl Source for Fragile {
-    fn data(&self) -> &loopglue::SourceData {
-        &self.data
-    }
-    fn set_watch_functions(
-        &self,
-        functions: Option<Box<dyn WatchFunctions>>,
-    ) -> Result<(), loopglue::SetFunctionsError<dyn WatchFunctions>> {
-        self.watches.set_functions(functions)
-    }
-    fn set_timeout_functions(
-        &self,
-        functions: Option<Box<dyn TimeoutFunctions>>,
-    ) -> Result<(), loopglue::SetFunctionsError<dyn TimeoutFunctions>> {
-        self.timeouts.set_functions(functions)
-    }
-    fn set_dispatch_status_function(&self, function: Option<loopglue::DispatchStatusFn>) {
-        if function.is_none() && self.explode.load(Ordering::SeqCst) {
-            panic!("uninstall (expected by the test)");
-        }
-    }
-}
-
 #[test]
 fn an_attachment_detaches_when_dropped_and_never_aborts_while_unwinding() {
     let _fds = fds_shared();
@@ -908,7 +867,7 @@ fn an_attachment_detaches_when_dropped_and_never_aborts_while_unwinding() {
     assert!(table.is_empty());
 
     // A step that panics: the panic reaches whoever drops the attachment, detached all the same…
-    let fragile = Arc::new(Fragile::default());
+    let fragile = Arc::new(Bare::new());
     let attachment = attach(fragile.clone());
     fragile.explode.store(true, Ordering::SeqCst);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(attachment)));
