@@ -11,13 +11,22 @@
 //! ```
 //!
 //! Only the adapters whose features are on are measured. Each side lives in
-//! `benches/adapters/<loop>.rs` as `via_adapter` / `native`.
+//! `benches/adapters/<loop>.rs` as `via_adapter` / `native`; what they share, in
+//! `benches/adapters/echo.rs`.
 
 use std::time::Duration;
 
 #[cfg(feature = "calloop")]
 #[path = "adapters/calloop.rs"]
 mod calloop_side;
+#[cfg(any(
+    feature = "calloop",
+    feature = "glib",
+    feature = "mio",
+    feature = "tokio"
+))]
+#[path = "adapters/echo.rs"]
+mod echo;
 #[cfg(feature = "glib")]
 #[path = "adapters/glib.rs"]
 mod glib_side;

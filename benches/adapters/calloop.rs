@@ -3,24 +3,17 @@
 //! `Generic` per socket end and the framing written by hand. Both ends of every pair run in
 //! one loop, dispatched by the calling thread; every frame is one write.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calloop::generic::Generic;
 use calloop::{EventLoop, Interest, Mode, PostAction};
 use loopglue::adapters::calloop::CalloopGlue;
-use loopglue::net::Connection;
 
-const PAYLOAD: [u8; 32] = *b"loopglue echo benchmark payload!";
-
-fn frame() -> Vec<u8> {
-    let mut f = (PAYLOAD.len() as u32).to_le_bytes().to_vec();
-    f.extend_from_slice(&PAYLOAD);
-    f
-}
+use super::echo::{self, EchoEnd};
 
 /// `connections` client/service pairs through the adapter, each client sending
 /// `messages_per_connection` messages one at a time; returns the time from the first send to
@@ -29,31 +22,16 @@ pub fn via_adapter(connections: usize, messages_per_connection: u64) -> Duration
     let mut event_loop: EventLoop<'_, ()> = EventLoop::try_new().unwrap();
     let glue = CalloopGlue::insert(&event_loop.handle()).unwrap();
     let finished = Arc::new(AtomicUsize::new(0));
-    let mut keep = Vec::new();
-    let mut clients = Vec::new();
-    for _ in 0..connections {
-        let (a, b) = UnixStream::pair().unwrap();
-        let (client, service) = (
-            Connection::from_stream(a).unwrap(),
-            Connection::from_stream(b).unwrap(),
-        );
-        service.set_message_handler(|c, m| c.send(m).unwrap());
-        let (count, done) = (Arc::new(AtomicU64::new(0)), Arc::clone(&finished));
-        client.set_message_handler(move |c, m| {
-            if count.fetch_add(1, Ordering::Relaxed) + 1 < messages_per_connection {
-                c.send(m).unwrap();
-            } else {
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        keep.push(glue.attach(Arc::new(client.clone())).unwrap());
-        keep.push(glue.attach(Arc::new(service.clone())).unwrap());
-        clients.push(client);
+    let done = Arc::clone(&finished);
+    let pairs = echo::connection_pairs(connections, messages_per_connection, move || {
+        done.fetch_add(1, Ordering::Relaxed);
+    });
+    let mut attached = Vec::new();
+    for (client, service) in &pairs {
+        attached.push(glue.attach(Arc::new(client.clone())).unwrap());
+        attached.push(glue.attach(Arc::new(service.clone())).unwrap());
     }
-    let start = Instant::now();
-    for client in &clients {
-        client.send(PAYLOAD.to_vec()).unwrap();
-    }
+    let start = echo::start(&pairs);
     while finished.load(Ordering::Relaxed) < connections {
         event_loop.dispatch(None, &mut ()).unwrap();
     }
@@ -72,8 +50,7 @@ pub fn native(connections: usize, messages_per_connection: u64) -> Duration {
             if client {
                 client_streams.push(stream.try_clone().unwrap());
             }
-            let mut buf = Vec::new();
-            let mut count = 0u64;
+            let mut end = EchoEnd::new(client);
             let mut chunk = vec![0u8; 64 * 1024];
             handle
                 .insert_source(
@@ -82,28 +59,13 @@ pub fn native(connections: usize, messages_per_connection: u64) -> Duration {
                         let stream: &UnixStream = stream;
                         let got = match (&*stream).read(&mut chunk) {
                             Ok(got) => got,
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
                                 return Ok(PostAction::Continue)
                             }
                             Err(e) => return Err(e),
                         };
-                        buf.extend_from_slice(&chunk[..got]);
-                        while buf.len() >= 4 {
-                            let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
-                            if buf.len() < 4 + len {
-                                break;
-                            }
-                            let message: Vec<u8> = buf.drain(..4 + len).collect();
-                            if !client {
-                                (&*stream).write_all(&message)?;
-                            } else {
-                                count += 1;
-                                if count < messages_per_connection {
-                                    (&*stream).write_all(&message)?;
-                                } else {
-                                    *finished += 1;
-                                }
-                            }
+                        if end.received(&chunk[..got], messages_per_connection, stream)? {
+                            *finished += 1;
                         }
                         Ok(PostAction::Continue)
                     },
@@ -111,7 +73,7 @@ pub fn native(connections: usize, messages_per_connection: u64) -> Duration {
                 .unwrap();
         }
     }
-    let wire = frame();
+    let wire = echo::frame();
     let mut finished = 0usize;
     let start = Instant::now();
     for stream in &client_streams {

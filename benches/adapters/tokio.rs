@@ -1,21 +1,18 @@
 //! The echo workload of `benches/net.rs` on a current-thread tokio runtime: through the tokio
 //! adapter (two `net::Connection`s per socketpair, each attached with its own driver task),
-//! and natively (a task per socket end on `tokio::net::UnixStream`, the framing — u32-LE
-//! length + 32-byte payload — written by hand as in `benches/net.rs`, each frame an owned
-//! message, reading whatever is there and writing each frame with one write). Ping-pong per connection, both ends in the same runtime. Included
-//! by `benches/adapters.rs`.
+//! and natively (a task per socket end on `tokio::net::UnixStream`, the framing written by
+//! hand, reading whatever is there and writing each frame with one write). Ping-pong per
+//! connection, both ends in the same runtime. Included by `benches/adapters.rs`.
 
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loopglue::adapters::tokio::attach;
-use loopglue::net::Connection;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
-const PAYLOAD: [u8; 32] = *b"loopglue echo benchmark payload!";
+use super::echo::{self, Frames};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -29,32 +26,18 @@ pub fn via_adapter(connections: usize, messages_per_connection: u64) -> Duration
     runtime().block_on(async {
         let finished = Arc::new(AtomicUsize::new(0));
         let all_done = Arc::new(Notify::new());
+        let (done, notify) = (Arc::clone(&finished), Arc::clone(&all_done));
+        let pairs = echo::connection_pairs(connections, messages_per_connection, move || {
+            if done.fetch_add(1, Ordering::Relaxed) + 1 == connections {
+                notify.notify_one();
+            }
+        });
         let mut attached = Vec::new();
-        let mut clients = Vec::new();
-        for _ in 0..connections {
-            let (a, b) = UnixStream::pair().unwrap();
-            let (client, service) = (
-                Connection::from_stream(a).unwrap(),
-                Connection::from_stream(b).unwrap(),
-            );
-            service.set_message_handler(|c, m| c.send(m).unwrap());
-            let (mut count, done, notify) = (0u64, Arc::clone(&finished), Arc::clone(&all_done));
-            client.set_message_handler(move |c, m| {
-                count += 1;
-                if count < messages_per_connection {
-                    c.send(m).unwrap();
-                } else if done.fetch_add(1, Ordering::Relaxed) + 1 == connections {
-                    notify.notify_one();
-                }
-            });
+        for (client, service) in &pairs {
             attached.push(attach(Arc::new(client.clone())).unwrap());
-            attached.push(attach(Arc::new(service)).unwrap());
-            clients.push(client);
+            attached.push(attach(Arc::new(service.clone())).unwrap());
         }
-        let start = Instant::now();
-        for client in &clients {
-            client.send(PAYLOAD.to_vec()).unwrap();
-        }
+        let start = echo::start(&pairs);
         all_done.notified().await;
         start.elapsed()
     })
@@ -66,7 +49,7 @@ async fn serve(
     stream: &mut tokio::net::UnixStream,
     mut on_frame: impl FnMut(&[u8]) -> Option<bool>,
 ) {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut frames = Frames::default();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         stream.readable().await.unwrap();
@@ -76,14 +59,8 @@ async fn serve(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => panic!("{e}"),
         };
-        buf.extend_from_slice(&chunk[..got]);
-        while buf.len() >= 4 {
-            let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
-            if buf.len() < 4 + len {
-                break;
-            }
-            // Each frame as an owned message, as benches/net.rs's hand-written loop has it.
-            let frame: Vec<u8> = buf.drain(..4 + len).collect();
+        frames.push(&chunk[..got]);
+        while let Some(frame) = frames.next_frame() {
             match on_frame(&frame) {
                 Some(true) => stream.write_all(&frame).await.unwrap(),
                 Some(false) => {}
@@ -97,8 +74,7 @@ async fn serve(
 /// hand.
 pub fn native(connections: usize, messages_per_connection: u64) -> Duration {
     runtime().block_on(async {
-        let mut wire = (PAYLOAD.len() as u32).to_le_bytes().to_vec();
-        wire.extend_from_slice(&PAYLOAD);
+        let wire = echo::frame();
         let mut services = Vec::new();
         let mut clients = Vec::new();
         for _ in 0..connections {
