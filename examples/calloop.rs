@@ -1,138 +1,147 @@
-//! An echo through the calloop adapter: a `net::Server` and a few `net::Connection` clients in a
-//! `calloop::EventLoop` of their own, dispatched by this thread. Every client sends numbered
-//! messages one at a time and checks each echo; the example exits non-zero on any mismatch,
-//! disconnect or timeout.
+//! Running a loopglue source in a `calloop::EventLoop`.
+//!
+//! `CalloopGlue::insert` puts the glue into the loop; `attach` runs a source there until the
+//! returned `CalloopAttachment` is dropped or detached. A source's handlers are `Send`
+//! closures and cannot hold the loop's `&mut Data`: they send what they have through a
+//! `calloop::channel`, whose callback gets `&mut Data` in the same dispatch. Here a client and
+//! a service `net::Connection` on a socketpair ping-pong numbered messages, each echo
+//! checked; once the client falls silent, the service's idle timeout — a loopglue `Timeout`,
+//! on calloop's timer — hangs up; then both are detached. Exits non-zero if a reply is wrong
+//! or anything is missing.
 //!
 //! ```sh
 //! cargo run --features calloop --example calloop
-//! cargo run --release --features calloop --example calloop -- --clients 100 --messages 10000
+//! cargo run --features calloop --example calloop -- 8 1000   # pairs, messages
 //! ```
 
+use std::error::Error;
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use calloop::channel::{channel, Sender};
 use calloop::EventLoop;
-use loopglue::adapters::calloop::{CalloopAttachment, CalloopGlue};
-use loopglue::net::{Connection, Server};
+use loopglue::adapters::calloop::CalloopGlue;
+use loopglue::net::{Connection, ConnectionConfig, DisconnectReason};
 
-fn arg(name: &str, default: u64) -> Result<u64, String> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .filter(|v| *v > 0)
-            .ok_or_else(|| format!("{name} takes a positive number")),
+/// What the handlers report: a client's last echo checked, or why a service hung up.
+enum Event {
+    Done(Result<(), String>),
+    HungUp(DisconnectReason),
+}
+
+/// The loop's `Data`: what the handlers reported.
+#[derive(Default)]
+struct Progress {
+    done: usize,
+    hung_up: usize,
+    failure: Option<String>,
+}
+
+impl Progress {
+    fn record(&mut self, event: Event) {
+        match event {
+            Event::Done(Ok(())) => self.done += 1,
+            Event::Done(Err(what)) => self.failure = Some(what),
+            Event::HungUp(DisconnectReason::IdleTimeout) => self.hung_up += 1,
+            Event::HungUp(other) => self.failure = Some(format!("hung up: {other}")),
+        }
     }
 }
 
-fn message(client: usize, seq: u64) -> Vec<u8> {
-    format!("client {client} message {seq}: loopglue over calloop").into_bytes()
-}
-
-fn run() -> Result<String, String> {
-    let (clients, messages) = (arg("--clients", 4)? as usize, arg("--messages", 2_000)?);
-    let path = std::env::temp_dir().join(format!("loopglue-calloop-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let mut event_loop: EventLoop<'_, ()> =
-        EventLoop::try_new().map_err(|e| format!("event loop: {e}"))?;
-    let glue = CalloopGlue::insert(&event_loop.handle()).map_err(|e| format!("glue: {e}"))?;
-
-    // The server: every accepted connection echoes, and is detached when its peer goes. The
-    // new-connection function is a `Send` closure, so it attaches through an attacher.
-    let server = Server::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?;
-    let g = glue.attacher();
-    server.set_new_connection_function(move |conn| {
-        conn.set_message_handler(|c, m| {
-            let _ = c.send(m);
-        });
-        let slot: Arc<Mutex<Option<CalloopAttachment>>> = Arc::default();
-        let on_end = Arc::clone(&slot);
-        conn.set_disconnect_handler(move |_| drop(on_end.lock().unwrap().take()));
-        match g.attach(Arc::new(conn.clone())) {
-            Ok(attachment) => *slot.lock().unwrap() = Some(attachment),
-            Err(e) => eprintln!("attach an accepted connection: {e}"),
+/// A client and an echoing service that hangs up after 100 ms of silence; the client sends
+/// `messages` pings one at a time and checks each echo.
+fn pair(n: usize, messages: u64, events: Sender<Event>) -> std::io::Result<[Connection; 2]> {
+    let ping = move |seq: u64| format!("pair {n} ping {seq}").into_bytes();
+    let (a, b) = UnixStream::pair()?;
+    let idle = ConnectionConfig::new().idle_timeout(Duration::from_millis(100));
+    let (client, service) = (
+        Connection::from_stream(a)?,
+        Connection::from_stream_with(b, idle)?,
+    );
+    service.set_message_handler(|service, message| {
+        let _ = service.send(message);
+    });
+    let hung_up = events.clone();
+    service.set_disconnect_handler(move |reason| {
+        let _ = hung_up.send(Event::HungUp(reason));
+    });
+    let mut seq = 0;
+    client.set_message_handler(move |client, reply| {
+        if reply != ping(seq) {
+            let _ = events.send(Event::Done(Err(format!("pair {n}: echo {seq} altered"))));
+        } else if seq + 1 == messages {
+            let _ = events.send(Event::Done(Ok(())));
+        } else {
+            seq += 1;
+            let _ = client.send(ping(seq));
         }
     });
-    let _server = glue
-        .attach(Arc::new(server.clone()))
-        .map_err(|e| format!("attach the server: {e}"))?;
+    client.send(ping(0))?; // written once the client is attached
+    Ok([client, service])
+}
 
-    // The clients: each checks every echo and sends the next message.
-    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    let finished = Arc::new(AtomicUsize::new(0));
-    let mut attached = Vec::new();
-    for client in 0..clients {
-        let conn = Connection::connect(&path).map_err(|e| format!("connect: {e}"))?;
-        let (next, done, failed) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::clone(&finished),
-            Arc::clone(&failures),
-        );
-        conn.set_message_handler(move |c, m| {
-            let seq = next.fetch_add(1, Ordering::SeqCst);
-            if m != message(client, seq) {
-                failed
-                    .lock()
-                    .unwrap()
-                    .push(format!("client {client}: echo {seq} altered"));
-            } else if seq + 1 < messages {
-                if let Err(e) = c.send(message(client, seq + 1)) {
-                    failed
-                        .lock()
-                        .unwrap()
-                        .push(format!("client {client}: send: {e}"));
-                }
-            } else {
-                done.fetch_add(1, Ordering::SeqCst);
+fn run(pairs: usize, messages: u64) -> Result<(), Box<dyn Error>> {
+    let mut event_loop: EventLoop<'_, Progress> = EventLoop::try_new()?;
+    let glue = CalloopGlue::insert(&event_loop.handle())?;
+    let (events, heard) = channel();
+    event_loop
+        .handle()
+        .insert_source(heard, |event, _, progress: &mut Progress| {
+            if let calloop::channel::Event::Msg(event) = event {
+                progress.record(event);
             }
-        });
-        attached.push(
-            glue.attach(Arc::new(conn.clone()))
-                .map_err(|e| format!("attach a client: {e}"))?,
-        );
-        conn.send(message(client, 0))
-            .map_err(|e| format!("send: {e}"))?;
-    }
-
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(120);
-    while finished.load(Ordering::SeqCst) < clients && failures.lock().unwrap().is_empty() {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "timed out with {} of {clients} clients done",
-                finished.load(Ordering::SeqCst)
-            ));
+        })
+        .map_err(|e| e.error)?;
+    let mut attachments = Vec::new();
+    for n in 0..pairs {
+        for connection in pair(n, messages, events.clone())? {
+            attachments.push(glue.attach(Arc::new(connection))?);
         }
-        event_loop
-            .dispatch(Duration::from_millis(50), &mut ())
-            .map_err(|e| format!("dispatch: {e}"))?;
     }
-    let took = start.elapsed();
-    drop(attached);
-    server.disconnect();
-    let _ = std::fs::remove_file(&path);
-    if let Some(failure) = failures.lock().unwrap().first() {
-        return Err(failure.clone());
+    // Dispatch until every client is done and every service hung up for idleness.
+    let mut progress = Progress::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(failure) = progress.failure.take() {
+            return Err(failure.into());
+        }
+        if progress.done == pairs && progress.hung_up == pairs {
+            break;
+        }
+        if Instant::now() > deadline {
+            let Progress { done, hung_up, .. } = progress;
+            return Err(format!("{done} of {pairs} done, {hung_up} hung up").into());
+        }
+        event_loop.dispatch(Duration::from_millis(100), &mut progress)?;
     }
-    let total = clients as u64 * messages;
-    Ok(format!(
-        "calloop: {clients} clients x {messages} echoes checked in {took:.2?} ({:.0} round trips/s)",
-        total as f64 / took.as_secs_f64()
-    ))
+    // Detaching (or dropping) an attachment takes its fds out of calloop's poller before it
+    // returns.
+    for attachment in attachments {
+        attachment.detach().map_err(|(_, e)| e)?;
+    }
+    match glue.registered_fds() {
+        0 => Ok(()),
+        left => Err(format!("{left} fds left registered").into()),
+    }
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(report) => {
-            println!("{report}");
+    let mut args = std::env::args().skip(1);
+    let pairs = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
+    let messages = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10u64)
+        .max(1);
+    match run(pairs, messages) {
+        Ok(()) => {
+            println!("calloop: {pairs} pair(s) x {messages} echoes checked, then idle hang-ups");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("calloop echo failed: {e}");
+            eprintln!("calloop example failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,141 +1,155 @@
-//! An echo through the GLib adapter: a `net::Server` and a few `net::Connection` clients on a
-//! `glib::MainContext` of their own, iterated by this thread. Every client sends numbered
-//! messages one at a time and checks each echo; the example exits non-zero on any mismatch,
-//! disconnect or timeout.
+//! Running a loopglue source on a GLib main context, as dbus-glib's
+//! `dbus_connection_setup_with_g_main` runs libdbus.
+//!
+//! `GlibGlue::new` makes the glue for a context (here the default one, run by a
+//! `glib::MainLoop`); `attach` runs a source there until the returned `GlibAttachment` is
+//! dropped or detached. Here a client and a service `net::Connection` on a socketpair
+//! ping-pong numbered messages, each echo checked; once the client falls silent, the
+//! service's idle timeout — a loopglue `Timeout`, as a GLib timeout source — hangs up and
+//! quits the main loop; then both are detached. Exits non-zero if a reply is wrong or
+//! anything is missing.
 //!
 //! ```sh
 //! cargo run --features glib --example glib
-//! cargo run --release --features glib --example glib -- --clients 100 --messages 10000
+//! cargo run --features glib --example glib -- 8 1000   # pairs, messages
 //! ```
 
+use std::error::Error;
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use glib::{ControlFlow, MainContext};
-use loopglue::adapters::glib::{GlibAttachment, GlibGlue};
-use loopglue::net::{Connection, Server};
+use glib::{ControlFlow, MainContext, MainLoop};
+use loopglue::adapters::glib::GlibGlue;
+use loopglue::net::{Connection, ConnectionConfig, DisconnectReason};
 
-fn arg(name: &str, default: u64) -> Result<u64, String> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .filter(|v| *v > 0)
-            .ok_or_else(|| format!("{name} takes a positive number")),
+/// What the handlers reported; the main loop quits once every service hung up, or on failure.
+struct Progress {
+    pairs: usize,
+    done: usize,
+    hung_up: usize,
+    failure: Option<String>,
+    main_loop: MainLoop,
+}
+
+type Shared = Arc<Mutex<Progress>>;
+
+fn report(progress: &Shared, change: impl FnOnce(&mut Progress)) {
+    let mut progress = progress.lock().unwrap();
+    change(&mut progress);
+    if progress.failure.is_some() || progress.hung_up == progress.pairs {
+        progress.main_loop.quit();
     }
 }
 
-fn message(client: usize, seq: u64) -> Vec<u8> {
-    format!("client {client} message {seq}: loopglue over GLib").into_bytes()
-}
-
-fn run() -> Result<String, String> {
-    let (clients, messages) = (arg("--clients", 4)? as usize, arg("--messages", 2_000)?);
-    let path = std::env::temp_dir().join(format!("loopglue-glib-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let context = MainContext::new();
-    let glue = GlibGlue::new(&context);
-
-    // The server: every accepted connection echoes, and is detached when its peer goes.
-    let server = Server::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?;
-    let g = glue.clone();
-    server.set_new_connection_function(move |conn| {
-        conn.set_message_handler(|c, m| {
-            let _ = c.send(m);
+/// A client and an echoing service that hangs up after 100 ms of silence; the client sends
+/// `messages` pings one at a time and checks each echo.
+fn pair(n: usize, messages: u64, progress: &Shared) -> std::io::Result<[Connection; 2]> {
+    let ping = move |seq: u64| format!("pair {n} ping {seq}").into_bytes();
+    let (a, b) = UnixStream::pair()?;
+    let idle = ConnectionConfig::new().idle_timeout(Duration::from_millis(100));
+    let (client, service) = (
+        Connection::from_stream(a)?,
+        Connection::from_stream_with(b, idle)?,
+    );
+    service.set_message_handler(|service, message| {
+        let _ = service.send(message);
+    });
+    let hung_up = Arc::clone(progress);
+    service.set_disconnect_handler(move |reason| {
+        report(&hung_up, |p| match reason {
+            DisconnectReason::IdleTimeout => p.hung_up += 1,
+            other => p.failure = Some(format!("hung up: {other}")),
         });
-        let slot: Arc<Mutex<Option<GlibAttachment>>> = Arc::default();
-        let on_end = Arc::clone(&slot);
-        conn.set_disconnect_handler(move |_| drop(on_end.lock().unwrap().take()));
-        match g.attach(Arc::new(conn.clone())) {
-            Ok(attachment) => *slot.lock().unwrap() = Some(attachment),
-            Err(e) => eprintln!("attach an accepted connection: {e}"),
+    });
+    let (progress, mut seq) = (Arc::clone(progress), 0);
+    client.set_message_handler(move |client, reply| {
+        if reply != ping(seq) {
+            report(&progress, |p| {
+                p.failure = Some(format!("pair {n}: echo {seq} altered"));
+            });
+        } else if seq + 1 == messages {
+            report(&progress, |p| p.done += 1);
+        } else {
+            seq += 1;
+            let _ = client.send(ping(seq));
         }
     });
-    let _server = glue
-        .attach(Arc::new(server.clone()))
-        .map_err(|e| format!("attach the server: {e}"))?;
+    client.send(ping(0))?; // written once the client is attached
+    Ok([client, service])
+}
 
-    // The clients: each checks every echo and sends the next message.
-    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    let finished = Arc::new(AtomicUsize::new(0));
-    let mut attached = Vec::new();
-    for client in 0..clients {
-        let conn = Connection::connect(&path).map_err(|e| format!("connect: {e}"))?;
-        let (next, done, failed) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::clone(&finished),
-            Arc::clone(&failures),
-        );
-        conn.set_message_handler(move |c, m| {
-            let seq = next.fetch_add(1, Ordering::SeqCst);
-            if m != message(client, seq) {
-                failed
-                    .lock()
-                    .unwrap()
-                    .push(format!("client {client}: echo {seq} altered"));
-            } else if seq + 1 < messages {
-                if let Err(e) = c.send(message(client, seq + 1)) {
-                    failed
-                        .lock()
-                        .unwrap()
-                        .push(format!("client {client}: send: {e}"));
-                }
-            } else {
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-        attached.push(
-            glue.attach(Arc::new(conn.clone()))
-                .map_err(|e| format!("attach a client: {e}"))?,
-        );
-        conn.send(message(client, 0))
-            .map_err(|e| format!("send: {e}"))?;
-    }
-
-    // Bounded: a tick wakes the context so the deadline is checked.
-    let tick =
-        glib::timeout_source_new(Duration::from_millis(50), None, glib::Priority::LOW, || {
-            ControlFlow::Continue
-        });
-    tick.attach(Some(&context));
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(120);
-    while finished.load(Ordering::SeqCst) < clients && failures.lock().unwrap().is_empty() {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "timed out with {} of {clients} clients done",
-                finished.load(Ordering::SeqCst)
-            ));
+fn run(pairs: usize, messages: u64) -> Result<(), Box<dyn Error>> {
+    let context = MainContext::default();
+    let main_loop = MainLoop::new(Some(&context), false);
+    let glue = GlibGlue::new(&context);
+    let progress = Arc::new(Mutex::new(Progress {
+        pairs,
+        done: 0,
+        hung_up: 0,
+        failure: None,
+        main_loop: main_loop.clone(),
+    }));
+    let mut attachments = Vec::new();
+    for n in 0..pairs {
+        for connection in pair(n, messages, &progress)? {
+            attachments.push(glue.attach(Arc::new(connection))?);
         }
-        context.iteration(true);
     }
-    let took = start.elapsed();
-    tick.destroy();
-    drop(attached);
-    server.disconnect();
-    let _ = std::fs::remove_file(&path);
-    if let Some(failure) = failures.lock().unwrap().first() {
-        return Err(failure.clone());
+    // Run until the handlers quit the loop, for 30 s at most.
+    let stop = main_loop.clone();
+    let deadline = glib::timeout_source_new(
+        Duration::from_secs(30),
+        None,
+        glib::Priority::DEFAULT,
+        move || {
+            stop.quit();
+            ControlFlow::Break
+        },
+    );
+    deadline.attach(Some(&context));
+    main_loop.run();
+    deadline.destroy();
+    {
+        let Progress {
+            done,
+            hung_up,
+            failure,
+            ..
+        } = &*progress.lock().unwrap();
+        if let Some(failure) = failure {
+            return Err(failure.clone().into());
+        }
+        if (*done, *hung_up) != (pairs, pairs) {
+            return Err(format!("{done} of {pairs} done, {hung_up} hung up").into());
+        }
     }
-    let total = clients as u64 * messages;
-    Ok(format!(
-        "glib: {clients} clients x {messages} echoes checked in {took:.2?} ({:.0} round trips/s)",
-        total as f64 / took.as_secs_f64()
-    ))
+    // Detaching (or dropping) an attachment destroys its GSources before it returns.
+    for attachment in attachments {
+        attachment.detach().map_err(|(_, e)| e)?;
+    }
+    match glue.registered_fds() {
+        0 => Ok(()),
+        left => Err(format!("{left} fds left registered").into()),
+    }
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(report) => {
-            println!("{report}");
+    let mut args = std::env::args().skip(1);
+    let pairs = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
+    let messages = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10u64)
+        .max(1);
+    match run(pairs, messages) {
+        Ok(()) => {
+            println!("glib: {pairs} pair(s) x {messages} echoes checked, then idle hang-ups");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("glib echo failed: {e}");
+            eprintln!("glib example failed: {e}");
             ExitCode::FAILURE
         }
     }

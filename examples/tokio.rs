@@ -1,111 +1,117 @@
-//! Echo through the tokio adapter: pairs of `net::Connection`s (a client and a service on
-//! each socketpair) run inside a tokio runtime, each in its own driver task. Every client
-//! sends numbered messages one at a time and checks each echo; the example exits non-zero if
-//! a reply is wrong or missing.
+//! Running a loopglue source in a tokio runtime.
+//!
+//! `attach` (inside the runtime) or `attach_to` (anywhere, with a `Handle`) runs a source in a
+//! driver task of its own until the returned `TokioAttachment` is dropped or detached. Here a
+//! client and a service `net::Connection` on a socketpair ping-pong numbered messages, each
+//! echo checked; once the client falls silent, the service's idle timeout — a loopglue
+//! `Timeout`, on tokio's timers — hangs up; then both are detached. Exits non-zero if a reply
+//! is wrong or anything is missing.
 //!
 //! ```sh
 //! cargo run --features tokio --example tokio
-//! cargo run --release --features tokio --example tokio -- 100 10000 multi   # clients, messages each, runtime
+//! cargo run --features tokio --example tokio -- 8 1000 multi   # pairs, messages, runtime
 //! ```
 
+use std::error::Error;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use loopglue::adapters::tokio::attach;
-use loopglue::net::Connection;
+use loopglue::net::{Connection, ConnectionConfig, DisconnectReason};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-fn message(client: u64, seq: u64) -> Vec<u8> {
-    [
-        &client.to_le_bytes()[..],
-        &seq.to_le_bytes(),
-        b"tokio echo payload",
-    ]
-    .concat()
+/// What the handlers report: a client's last echo checked, or why a service hung up.
+enum Event {
+    Done(Result<(), String>),
+    HungUp(DisconnectReason),
+}
+
+/// A client and an echoing service that hangs up after 100 ms of silence; the client sends
+/// `messages` pings one at a time and checks each echo.
+fn pair(
+    n: usize,
+    messages: u64,
+    events: UnboundedSender<Event>,
+) -> std::io::Result<[Connection; 2]> {
+    let ping = move |seq: u64| format!("pair {n} ping {seq}").into_bytes();
+    let (a, b) = UnixStream::pair()?;
+    let idle = ConnectionConfig::new().idle_timeout(Duration::from_millis(100));
+    let (client, service) = (
+        Connection::from_stream(a)?,
+        Connection::from_stream_with(b, idle)?,
+    );
+    service.set_message_handler(|service, message| {
+        let _ = service.send(message);
+    });
+    let hung_up = events.clone();
+    service.set_disconnect_handler(move |reason| {
+        let _ = hung_up.send(Event::HungUp(reason));
+    });
+    let mut seq = 0;
+    client.set_message_handler(move |client, reply| {
+        if reply != ping(seq) {
+            let _ = events.send(Event::Done(Err(format!("pair {n}: echo {seq} altered"))));
+        } else if seq + 1 == messages {
+            let _ = events.send(Event::Done(Ok(())));
+        } else {
+            seq += 1;
+            let _ = client.send(ping(seq));
+        }
+    });
+    client.send(ping(0))?; // written once the client is attached
+    Ok([client, service])
+}
+
+async fn run(pairs: usize, messages: u64) -> Result<(), Box<dyn Error>> {
+    let (events, mut heard) = unbounded_channel();
+    let mut attachments = Vec::new();
+    for n in 0..pairs {
+        for connection in pair(n, messages, events.clone())? {
+            attachments.push(attach(Arc::new(connection))?);
+        }
+    }
+    // Every client done, and every service hung up for idleness.
+    let (mut done, mut hung_up) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while done < pairs || hung_up < pairs {
+        match tokio::time::timeout_at(deadline, heard.recv()).await {
+            Ok(Some(Event::Done(checked))) => done += checked.map(|()| 1)?,
+            Ok(Some(Event::HungUp(DisconnectReason::IdleTimeout))) => hung_up += 1,
+            Ok(Some(Event::HungUp(other))) => return Err(format!("hung up: {other}").into()),
+            _ => return Err(format!("{done} of {pairs} done, {hung_up} hung up").into()),
+        }
+    }
+    // Detaching (or dropping) an attachment deregisters its fds and ends its driver task.
+    for attachment in attachments {
+        attachment.detach().map_err(|(_, e)| e)?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let clients = args.first().and_then(|a| a.parse().ok()).unwrap_or(4u64);
+    let pairs = args.first().and_then(|a| a.parse().ok()).unwrap_or(1);
     let messages = args
         .get(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or(2_000u64)
+        .unwrap_or(10u64)
         .max(1);
-    let multi = args.get(2).is_some_and(|a| a == "multi");
-    let runtime = if multi {
+    let mut runtime = if args.iter().any(|a| a == "multi") {
         tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
     } else {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     };
-    let outcome = runtime
-        .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(run(clients, messages)));
-    match outcome {
-        Ok(took) => {
-            let kind = if multi {
-                "multi-thread"
-            } else {
-                "current-thread"
-            };
-            println!(
-                "tokio ({kind}): {clients} clients x {messages} messages echoed and checked in \
-                 {took:.2?}"
-            );
+    let outcome = runtime.enable_all().build().map_err(Box::from);
+    match outcome.and_then(|runtime| runtime.block_on(run(pairs, messages))) {
+        Ok(()) => {
+            println!("tokio: {pairs} pair(s) x {messages} echoes checked, then idle hang-ups");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("tokio echo failed: {e}");
+            eprintln!("tokio example failed: {e}");
             ExitCode::FAILURE
         }
     }
-}
-
-async fn run(clients: u64, messages: u64) -> Result<Duration, String> {
-    let (finished, mut results) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
-    let mut attachments = Vec::new();
-    let mut starters = Vec::new();
-    for c in 0..clients {
-        let (a, b) = UnixStream::pair().map_err(|e| e.to_string())?;
-        let client = Connection::from_stream(a).map_err(|e| e.to_string())?;
-        let service = Connection::from_stream(b).map_err(|e| e.to_string())?;
-        service.set_message_handler(|conn, m| {
-            let _ = conn.send(m);
-        });
-        let finished = finished.clone();
-        let mut next = 0u64;
-        client.set_message_handler(move |conn, reply| {
-            let seq = next;
-            next += 1;
-            if reply != message(c, seq) {
-                let _ = finished.send(Err(format!("client {c}: reply {seq} did not match")));
-            } else if seq + 1 < messages {
-                let _ = conn.send(message(c, seq + 1));
-            } else {
-                let _ = finished.send(Ok(()));
-            }
-        });
-        attachments.push(attach(Arc::new(client.clone())).map_err(|e| e.to_string())?);
-        attachments.push(attach(Arc::new(service)).map_err(|e| e.to_string())?);
-        starters.push((c, client));
-    }
-    let start = Instant::now();
-    for (c, client) in &starters {
-        client.send(message(*c, 0)).map_err(|e| e.to_string())?;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    for done in 0..clients {
-        match tokio::time::timeout_at(deadline, results.recv()).await {
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(e))) => return Err(e),
-            Ok(None) => return Err("the clients went away".into()),
-            Err(_) => return Err(format!("timed out with {done} of {clients} clients done")),
-        }
-    }
-    Ok(start.elapsed())
 }
