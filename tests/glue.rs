@@ -19,7 +19,8 @@ use loopglue::testing::{MockLoop, SocketPeer};
 use loopglue::{
     Delivery, Source, Timeout, TimeoutFunctions, Watch, WatchFlags, WatchFunctions, WatchList,
 };
-use support::{fds_exclusive, fds_shared, Bare};
+use support::adapter as scenario;
+use support::{fds_exclusive, fds_shared, Bare, PanicOnFree};
 
 /// A host loop that logs every operation and can be told to fail the next one.
 #[derive(Default)]
@@ -785,27 +786,6 @@ fn attach_is_all_or_nothing_and_refuses_a_second_loop() {
     assert!(other.is_empty() && mock.watches().is_empty());
 }
 
-/// Watch functions whose drop (free-data) panics.
-struct PanicOnFree(Box<dyn WatchFunctions>);
-impl WatchFunctions for PanicOnFree {
-    fn add(&mut self, w: &Watch) -> io::Result<()> {
-        self.0.add(w)
-    }
-    fn remove(&mut self, w: &Watch) {
-        self.0.remove(w)
-    }
-    fn toggled(&mut self, w: &Watch) {
-        self.0.toggled(w)
-    }
-}
-impl Drop for PanicOnFree {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            panic!("free-data");
-        }
-    }
-}
-
 #[test]
 fn detach_finishes_every_step_when_a_free_data_panics() {
     let _fds = fds_shared();
@@ -874,18 +854,9 @@ fn an_attachment_detaches_when_dropped_and_never_aborts_while_unwinding() {
     assert!(outcome.is_err(), "the step's panic reaches the caller");
     assert!(table.is_empty());
     // …except while the thread unwinds already: a second panic there would abort the process.
-    fragile.explode.store(false, Ordering::SeqCst);
-    let attachment = attach(fragile.clone());
-    fragile.explode.store(true, Ordering::SeqCst);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        let _held = attachment;
-        panic!("the application's own panic");
-    }));
-    let payload = outcome.unwrap_err();
-    assert_eq!(
-        payload.downcast_ref::<&str>(),
-        Some(&"the application's own panic")
-    );
+    scenario::an_attachment_dropped_while_unwinding_detaches_without_aborting(|source| {
+        Ok(attach(source))
+    });
     assert!(table.is_empty(), "detached while unwinding");
 
     // Once the glue is gone, detaching is harmless: it detached everything when dropped.

@@ -17,7 +17,7 @@ use common::bounded;
 use loopglue::main_loop::{Backend, MainLoop};
 use loopglue::testing::SocketPeer;
 use loopglue::{Source, Timeout, TimeoutList, Watch, WatchFlags, WatchList};
-use support::{fds_exclusive, fds_shared};
+use support::{fds_exclusive, fds_shared, PanicOnFree};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -740,29 +740,6 @@ fn c15_a_lost_remove_or_toggle_cannot_make_the_loop_spin() {
             );
             assert_eq!(calls.load(Ordering::SeqCst), 0, "{backend:?}, {panic_in}");
             drop(a);
-        }
-    }
-}
-
-/// Watch functions whose free-data (drop) panics.
-struct PanicOnFree(Box<dyn loopglue::WatchFunctions>);
-
-impl loopglue::WatchFunctions for PanicOnFree {
-    fn add(&mut self, w: &Watch) -> std::io::Result<()> {
-        self.0.add(w)
-    }
-    fn remove(&mut self, w: &Watch) {
-        self.0.remove(w)
-    }
-    fn toggled(&mut self, w: &Watch) {
-        self.0.toggled(w)
-    }
-}
-
-impl Drop for PanicOnFree {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            panic!("free-data");
         }
     }
 }

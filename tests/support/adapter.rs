@@ -225,6 +225,38 @@ pub fn receive(
     })
 }
 
+/// What a panic test starts from: a peer attached to `app` that reads one byte per handle,
+/// an extra watch on its fd whose handler panics the first time it runs (`armed` until then),
+/// and ten bytes waiting. Keep `theirs`, the other end; remove `bomb` at the end.
+pub struct Bomb {
+    pub peer: SocketPeer,
+    pub bomb: Watch,
+    pub armed: Arc<AtomicBool>,
+    pub theirs: UnixStream,
+}
+
+pub fn a_peer_whose_next_handler_panics(app: &mut impl Harness) -> Bomb {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let fd = ours.as_raw_fd();
+    let peer = SocketPeer::new(ours, 1).unwrap(); // one byte per handle
+    let armed = Arc::new(AtomicBool::new(true));
+    let trip = Arc::clone(&armed);
+    let bomb = Watch::new(fd, WatchFlags::READABLE, move |_| {
+        if trip.swap(false, Ordering::SeqCst) {
+            panic!("handler panic (expected by the test)");
+        }
+    });
+    peer.watches().add(&bomb).unwrap();
+    app.attach(Arc::new(peer.clone())).unwrap();
+    theirs.write_all(b"0123456789").unwrap();
+    Bomb {
+        peer,
+        bomb,
+        armed,
+        theirs,
+    }
+}
+
 /// Attaching works from another thread and from inside a handler, and detaching from inside
 /// a handler: the glue holds no lock while handlers run. `inside` attaches from a handler,
 /// `afar` from another thread.

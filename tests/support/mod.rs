@@ -5,6 +5,7 @@
 //! * [`assert_passes_every_scenario`]: `testing::run_all`, its failures in the panic message;
 //! * [`main_loop::LoopHarness`]: `MainLoop` as the scenarios drive it;
 //! * [`Bare`]: a producer with one watch list, one timeout list, and no dispatch queue;
+//! * [`PanicOnFree`]: watch functions whose free-data panics;
 //! * [`fds_shared`] / [`fds_exclusive`]: tests that reuse a closed fd's number run alone;
 //! * [`adapter`]: the scenarios and harness parts every adapter's tests share;
 //! * [`history`]: per-set call histories for the multi-threaded list probes.
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use loopglue::testing::{run_all, Harness, ScenarioFailure};
 use loopglue::{
-    DispatchStatusFn, SetFunctionsError, Source, SourceData, TimeoutFunctions, TimeoutList,
+    DispatchStatusFn, SetFunctionsError, Source, SourceData, TimeoutFunctions, TimeoutList, Watch,
     WatchFunctions, WatchList,
 };
 
@@ -95,6 +96,32 @@ impl Source for Bare {
     fn set_dispatch_status_function(&self, function: Option<DispatchStatusFn>) {
         if function.is_none() && self.explode.load(Ordering::SeqCst) {
             panic!("uninstall (expected by the test)");
+        }
+    }
+}
+
+/// Watch functions that pass every call on and whose drop (their free-data) panics, unless the
+/// thread is unwinding already.
+pub struct PanicOnFree(pub Box<dyn WatchFunctions>);
+
+impl WatchFunctions for PanicOnFree {
+    fn add(&mut self, w: &Watch) -> std::io::Result<()> {
+        self.0.add(w)
+    }
+
+    fn remove(&mut self, w: &Watch) {
+        self.0.remove(w)
+    }
+
+    fn toggled(&mut self, w: &Watch) {
+        self.0.toggled(w)
+    }
+}
+
+impl Drop for PanicOnFree {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("free-data");
         }
     }
 }
