@@ -8,7 +8,7 @@ mod support;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use loopglue::{Source, Timeout, Watch, WatchFlags};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use support::adapter::{self as scenario, pattern, Attached, Detachable, LIMIT};
+use support::adapter::{self as scenario, pattern, Attached, Bomb, Detachable, LIMIT};
 
 const GLUE_TOKENS: std::ops::Range<Token> = Token(1000)..Token(1100);
 const WAKER: Token = Token(1000);
@@ -325,19 +325,12 @@ fn attach_and_detach_from_inside_handlers_and_attach_from_another_thread() {
 #[test]
 fn a_panicking_handler_reaches_the_caller_and_the_glue_carries_on() {
     let mut app = App::new();
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let fd = ours.as_raw_fd();
-    let peer = SocketPeer::new(ours, 1).unwrap(); // one byte per handle
-    let armed = Arc::new(AtomicBool::new(true));
-    let trip = Arc::clone(&armed);
-    let bomb = Watch::new(fd, WatchFlags::READABLE, move |_| {
-        if trip.swap(false, Ordering::SeqCst) {
-            panic!("handler panic (expected by the test)");
-        }
-    });
-    peer.watches().add(&bomb).unwrap();
-    app.attach(Arc::new(peer.clone())).unwrap();
-    theirs.write_all(b"0123456789").unwrap();
+    let Bomb {
+        peer,
+        bomb,
+        theirs: _theirs,
+        ..
+    } = scenario::a_peer_whose_next_handler_panics(&mut app);
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for _ in 0..1000 {
             app.iterate(Duration::from_millis(5));

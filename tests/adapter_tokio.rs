@@ -8,7 +8,7 @@ mod support;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use loopglue::testing::{Harness, MockLoop, SocketPeer, ThreadCpuClock, ThreadUsa
 use loopglue::{Source, Timeout, Watch, WatchFlags};
 use tokio::runtime::{Builder, Runtime};
 
-use support::adapter::{self as scenario, pattern, Attached, Detachable, LIMIT};
+use support::adapter::{self as scenario, pattern, Attached, Bomb, Detachable, LIMIT};
 use support::Bare;
 
 fn current_thread() -> Runtime {
@@ -397,19 +397,12 @@ fn attach_and_detach_from_inside_handlers_and_from_another_thread() {
 #[test]
 fn a_panicking_handler_panics_its_driver_and_a_new_driver_carries_on() {
     let mut app = App::new(current_thread());
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let fd = ours.as_raw_fd();
-    let peer = SocketPeer::new(ours, 1).unwrap(); // one byte per handle
-    let armed = Arc::new(AtomicBool::new(true));
-    let trip = Arc::clone(&armed);
-    let bomb = Watch::new(fd, WatchFlags::READABLE, move |_| {
-        if trip.swap(false, Ordering::SeqCst) {
-            panic!("handler panic (expected by the test)");
-        }
-    });
-    peer.watches().add(&bomb).unwrap();
-    app.attach(Arc::new(peer.clone())).unwrap();
-    theirs.write_all(b"0123456789").unwrap();
+    let Bomb {
+        peer,
+        bomb,
+        armed,
+        theirs: _theirs,
+    } = scenario::a_peer_whose_next_handler_panics(&mut app);
     assert!(app.run(LIMIT, || peer.received_len() == 10));
     assert!(!armed.load(Ordering::SeqCst), "the bomb never went off");
     peer.watches().remove(&bomb).unwrap();
