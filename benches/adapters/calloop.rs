@@ -26,11 +26,7 @@ pub fn via_adapter(connections: usize, messages_per_connection: u64) -> Duration
     let pairs = echo::connection_pairs(connections, messages_per_connection, move || {
         done.fetch_add(1, Ordering::Relaxed);
     });
-    let mut attached = Vec::new();
-    for (client, service) in &pairs {
-        attached.push(glue.attach(Arc::new(client.clone())).unwrap());
-        attached.push(glue.attach(Arc::new(service.clone())).unwrap());
-    }
+    let _attached = echo::attach_all(&pairs, |source| glue.attach(source).unwrap());
     let start = echo::start(&pairs);
     while finished.load(Ordering::Relaxed) < connections {
         event_loop.dispatch(None, &mut ()).unwrap();

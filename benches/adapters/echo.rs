@@ -7,9 +7,11 @@
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Instant;
 
 use loopglue::net::Connection;
+use loopglue::Source;
 
 pub const PAYLOAD: [u8; 32] = *b"loopglue echo benchmark payload!";
 
@@ -48,6 +50,18 @@ pub fn connection_pairs(
             });
             (client, service)
         })
+        .collect()
+}
+
+/// Attaches both ends of every pair with `attach`; keep what it returns while the echo runs.
+pub fn attach_all<A>(
+    pairs: &[(Connection, Connection)],
+    mut attach: impl FnMut(Arc<dyn Source>) -> A,
+) -> Vec<A> {
+    pairs
+        .iter()
+        .flat_map(|(client, service)| [client.clone(), service.clone()])
+        .map(|end| attach(Arc::new(end)))
         .collect()
 }
 

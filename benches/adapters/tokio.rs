@@ -32,11 +32,7 @@ pub fn via_adapter(connections: usize, messages_per_connection: u64) -> Duration
                 notify.notify_one();
             }
         });
-        let mut attached = Vec::new();
-        for (client, service) in &pairs {
-            attached.push(attach(Arc::new(client.clone())).unwrap());
-            attached.push(attach(Arc::new(service.clone())).unwrap());
-        }
+        let _attached = echo::attach_all(&pairs, |source| attach(source).unwrap());
         let start = echo::start(&pairs);
         all_done.notified().await;
         start.elapsed()
