@@ -4,11 +4,14 @@
 //! Adding a loop is a few lines: a `tests/libvirt_<loop>.rs` whose one test implements
 //! [`LoopUnderTest`] for it and calls [`run_all`], and a `[[test]]` entry with
 //! `required-features = ["libvirt", "<loop feature>"]` in Cargo.toml. See
-//! `tests/libvirt_main_loop.rs`.
+//! `tests/libvirt_main_loop.rs`. A binary with several tests (one loop in two
+//! configurations) runs each in a process of its own with [`in_own_process`]; a loop that
+//! cannot count the callbacks of an iteration sees the table through [`CountingTable`].
 #![allow(dead_code)]
 
 pub mod ffi;
 
+use std::cell::Cell;
 use std::ffi::{c_int, c_void, CString};
 use std::fs;
 use std::io::{Read, Write};
@@ -22,6 +25,10 @@ use std::time::{Duration, Instant};
 
 use loopglue::handles::HandleTable;
 use loopglue::libvirt::{self, RegisterError};
+use loopglue::{
+    DispatchStatus, DispatchStatusFn, SetFunctionsError, Source, SourceData, TimeoutFunctions,
+    WakeupFn, WatchFunctions,
+};
 
 use ffi::*;
 
@@ -32,8 +39,15 @@ pub trait LoopUnderTest {
     /// Runs `table` on this loop (what an application does once at start-up).
     fn attach(&mut self, table: &HandleTable);
     /// Runs one iteration, waiting at most `max` for something to happen; returns how many
-    /// callbacks ran.
+    /// callbacks ran (a loop that cannot count them: how many times the table was
+    /// dispatched, which it is in every iteration in which any of its callbacks ran — see
+    /// [`CountingTable`]).
     fn turn(&mut self, max: Duration) -> usize;
+    /// The CPU time used so far by the threads the loop runs callbacks on; the default is
+    /// this thread's, right for a loop turned on the test thread.
+    fn cpu_time(&self) -> Duration {
+        thread_cpu_time()
+    }
 }
 
 /// Every wait is bounded, so a hang fails the test instead of stalling CI.
@@ -87,9 +101,15 @@ struct Probe {
     /// The removal from inside the callback returned 0, and a second one -1.
     removals_ok: AtomicUsize,
     freed: AtomicUsize,
-    /// Taken while removing; the free function records whether it could take it.
+    /// Held by the remover, and taken by the free function, as libvirt's socket does.
     lock: Mutex<()>,
-    freed_with_lock_free: AtomicUsize,
+    /// The free function ran inside `virEventRemoveHandle`, on the removing thread.
+    freed_inside_removal: AtomicUsize,
+}
+
+thread_local! {
+    /// This thread is inside a `virEventRemoveHandle` of the test's, holding `Probe::lock`.
+    static REMOVING: Cell<bool> = const { Cell::new(false) };
 }
 
 unsafe extern "C" fn probe_remove_self(
@@ -120,8 +140,12 @@ unsafe extern "C" fn probe_ignore(_watch: c_int, _fd: c_int, _events: c_int, _op
 unsafe extern "C" fn probe_free(opaque: *mut c_void) {
     // SAFETY: the `Arc<Probe>` leaked at registration; this is its one free.
     let probe = unsafe { Arc::from_raw(opaque as *const Probe) };
-    if probe.lock.try_lock().is_ok() {
-        probe.freed_with_lock_free.fetch_add(1, Ordering::SeqCst);
+    if REMOVING.with(Cell::get) {
+        // Taking the lock here would self-deadlock, as libvirt's socket free function does.
+        probe.freed_inside_removal.fetch_add(1, Ordering::SeqCst);
+    } else {
+        // On a loop with threads of its own this may wait for the remover to let go.
+        drop(probe.lock.lock().unwrap());
     }
     probe.freed.fetch_add(1, Ordering::SeqCst);
 }
@@ -171,26 +195,30 @@ fn handle_removing_itself(lp: &mut dyn LoopUnderTest, table: &HandleTable) {
 }
 
 /// libvirt removes a socket's handle with the socket's lock held, and the socket's free
-/// function takes that lock: the free function must run later, not inside the removal.
+/// function takes that lock: the free function must run later, not inside the removal. (On a
+/// loop whose callbacks run on other threads it may run while the remover still holds the
+/// lock; it then waits for it, as libvirt's would.)
 fn free_function_runs_outside_the_removal(lp: &mut dyn LoopUnderTest, table: &HandleTable) {
     let (ours, _theirs) = UnixStream::pair().unwrap();
     let probe = Arc::new(Probe::default());
     let watch = add_probe(&probe, ours.as_raw_fd(), probe_ignore);
     {
         let _held = probe.lock.lock().unwrap();
+        REMOVING.with(|removing| removing.set(true));
         // SAFETY: removing the handle just added.
-        assert_eq!(unsafe { virEventRemoveHandle(watch) }, 0);
-        assert_eq!(
-            probe.freed.load(Ordering::SeqCst),
-            0,
-            "freed inside the removal"
-        );
+        let removed = unsafe { virEventRemoveHandle(watch) };
+        REMOVING.with(|removing| removing.set(false));
+        assert_eq!(removed, 0);
     }
     run_until(lp, "the free function", || {
         probe.freed.load(Ordering::SeqCst) == 1
     });
-    assert_eq!(probe.freed_with_lock_free.load(Ordering::SeqCst), 1);
-    assert_eq!(table.retired(), 0);
+    assert_eq!(
+        probe.freed_inside_removal.load(Ordering::SeqCst),
+        0,
+        "freed inside the removal"
+    );
+    run_until(lp, "the table's frees", || table.retired() == 0);
 }
 
 /// A connection with a lifecycle callback recording every event.
@@ -443,11 +471,11 @@ fn remote_lifecycle_then_close(lp: &mut dyn LoopUnderTest, table: &HandleTable, 
     assert_in_order(&conn.events.lock().unwrap(), n);
 
     daemon.kill();
-    let cpu = thread_cpu_time();
+    let cpu = lp.cpu_time();
     let turns = run_until(lp, "the close callback", || {
         conn.closed.load(Ordering::SeqCst) >= 0
     });
-    let cpu = thread_cpu_time() - cpu;
+    let cpu = lp.cpu_time() - cpu;
     let reason = conn.closed.load(Ordering::SeqCst);
     assert!(
         [VIR_CONNECT_CLOSE_REASON_EOF, VIR_CONNECT_CLOSE_REASON_ERROR].contains(&reason),
@@ -463,6 +491,7 @@ fn remote_lifecycle_then_close(lp: &mut dyn LoopUnderTest, table: &HandleTable, 
     // The socket's handle is gone as soon as the close is seen; the rest once the connection
     // is released.
     assert_eq!(table.handles(), handles, "the socket's handle leaked");
+    assert_idle(lp, "after the close callback");
     conn.close();
     run_until(lp, "the connection's frees", || table.retired() == 0);
     assert_eq!(
@@ -470,9 +499,112 @@ fn remote_lifecycle_then_close(lp: &mut dyn LoopUnderTest, table: &HandleTable, 
         (handles, timers),
         "leaked"
     );
-    // Nothing left to do: the loop idles.
-    let cpu = thread_cpu_time();
-    let ran: usize = (0..3).map(|_| lp.turn(Duration::from_millis(20))).sum();
-    assert_eq!(ran, 0, "the loop still runs callbacks after the close");
-    assert!(thread_cpu_time() - cpu < Duration::from_secs(1));
+    assert_idle(lp, "after the connection is released");
+}
+
+/// Nothing left to do: over a quiet window the loop waits in every turn, runs no callback and
+/// burns no CPU. (Load can only make the turns fewer and the CPU time smaller, so these
+/// bounds cannot fail falsely; a loop that spins or wakes without cause breaks them.)
+fn assert_idle(lp: &mut dyn LoopUnderTest, when: &str) {
+    let window = Duration::from_millis(200);
+    let (start, cpu) = (Instant::now(), lp.cpu_time());
+    let (mut turns, mut ran) = (0, 0);
+    while start.elapsed() < window {
+        ran += lp.turn(Duration::from_millis(20));
+        turns += 1;
+    }
+    let used = lp.cpu_time() - cpu;
+    let name = lp.name();
+    assert_eq!(ran, 0, "{name} {when}: the loop still runs callbacks");
+    assert!(
+        turns <= 15,
+        "{name} {when}: {turns} turns in {window:?}: the loop does not wait"
+    );
+    assert!(
+        used < window / 2,
+        "{name} {when}: {used:?} of CPU in {window:?}: the loop spins"
+    );
+}
+
+/// The table as a loop that cannot count callbacks sees it: every call goes straight to the
+/// table (the loop registers the table's own watches and timeouts), and its dispatches are
+/// counted. The table is dispatched in every iteration in which any of its handles or timers
+/// fired (that is how timers of interval 0 fire), so a turn with no dispatch ran no callback.
+#[derive(Clone)]
+pub struct CountingTable {
+    table: HandleTable,
+    dispatches: Arc<AtomicUsize>,
+}
+
+impl CountingTable {
+    pub fn new(table: &HandleTable) -> CountingTable {
+        CountingTable {
+            table: table.clone(),
+            dispatches: Arc::default(),
+        }
+    }
+
+    /// How many times the loop has dispatched the table so far.
+    pub fn dispatches(&self) -> usize {
+        self.dispatches.load(Ordering::SeqCst)
+    }
+}
+
+impl Source for CountingTable {
+    fn data(&self) -> &SourceData {
+        self.table.data()
+    }
+    fn set_watch_functions(
+        &self,
+        functions: Option<Box<dyn WatchFunctions>>,
+    ) -> Result<(), SetFunctionsError<dyn WatchFunctions>> {
+        self.table.set_watch_functions(functions)
+    }
+    fn set_timeout_functions(
+        &self,
+        functions: Option<Box<dyn TimeoutFunctions>>,
+    ) -> Result<(), SetFunctionsError<dyn TimeoutFunctions>> {
+        self.table.set_timeout_functions(functions)
+    }
+    fn set_wakeup_main_function(&self, wakeup: Option<WakeupFn>) {
+        self.table.set_wakeup_main_function(wakeup);
+    }
+    fn set_dispatch_status_function(&self, function: Option<DispatchStatusFn>) {
+        self.table.set_dispatch_status_function(function);
+    }
+    fn dispatch_status(&self) -> DispatchStatus {
+        self.table.dispatch_status()
+    }
+    fn dispatch(&self) -> DispatchStatus {
+        self.dispatches.fetch_add(1, Ordering::SeqCst);
+        self.table.dispatch()
+    }
+}
+
+/// Runs `scenarios` in a child process of this test binary that runs only the test `name`
+/// (libvirt takes one event implementation per process, and the test harness runs a binary's
+/// tests as threads of one process); in that child, runs them here. Fails if the child fails
+/// or did not run the test.
+pub fn in_own_process(name: &str, scenarios: impl FnOnce()) {
+    const CHILD: &str = "LOOPGLUE_LIBVIRT_TEST";
+    if std::env::var(CHILD).as_deref() == Ok(name) {
+        scenarios();
+        return;
+    }
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, name)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Through the harness's capture: shown with --nocapture.
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(
+        output.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} in its own process: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
 }
