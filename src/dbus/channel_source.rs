@@ -10,10 +10,10 @@ use dbus_crate::channel::Channel;
 use dbus_crate::nonblock::{NonblockReply, Process, SyncConnection};
 use parking_lot::Mutex;
 
+use super::announcer::Announcer;
 use crate::{
-    DispatchStatus, DispatchStatusFn, SetFunctionsError, Source, SourceData, StatusNotifier,
-    TimeoutFunctions, TimeoutList, WakeupFn, WakeupHook, Watch, WatchFlags, WatchFunctions,
-    WatchList,
+    DispatchStatus, DispatchStatusFn, SetFunctionsError, Source, SourceData, TimeoutFunctions,
+    TimeoutList, WakeupFn, WakeupHook, Watch, WatchFlags, WatchFunctions, WatchList,
 };
 
 /// A `dbus::nonblock::SyncConnection` (the `dbus` crate, dbus-rs) run by a loopglue loop,
@@ -69,7 +69,11 @@ struct Inner {
     timeouts: TimeoutList,
     data: SourceData,
     wakeup: WakeupHook,
-    status: StatusNotifier,
+    /// Keyed to what the glue believes, not to what it was last told: a send on another
+    /// thread announces `DataRemains` concurrently with the loop's own I/O and dispatches,
+    /// and a notifier that dedups against its last notification strands a reply read
+    /// meanwhile (see `Announcer`).
+    announcer: Announcer,
     read: Watch,
     write: Watch,
     /// `process_all` may not run on two threads at once.
@@ -88,7 +92,7 @@ impl ChannelSource {
             let waker = me.clone();
             connection.set_waker(Some(Box::new(move || {
                 if let Some(inner) = waker.upgrade() {
-                    inner.status.update(DispatchStatus::DataRemains);
+                    inner.announcer.data_remains();
                     inner.wakeup.wake();
                 }
                 Ok(())
@@ -117,7 +121,7 @@ impl ChannelSource {
                 timeouts: TimeoutList::new(),
                 data: SourceData::new(),
                 wakeup: WakeupHook::new(),
-                status: StatusNotifier::new(),
+                announcer: Announcer::default(),
                 read,
                 write,
                 processing: Mutex::new(()),
@@ -148,7 +152,7 @@ impl Inner {
         } else {
             self.sync();
         }
-        self.status.update(DispatchStatus::DataRemains);
+        self.announcer.data_remains();
     }
 
     fn sync(&self) {
@@ -192,11 +196,11 @@ impl Source for ChannelSource {
     }
 
     fn set_dispatch_status_function(&self, function: Option<DispatchStatusFn>) {
-        self.inner.status.set_function(function);
+        self.inner.announcer.set_function(function);
     }
 
     fn dispatch_status(&self) -> DispatchStatus {
-        self.inner.status.status()
+        self.inner.announcer.believed()
     }
 
     /// Flushes queued output, then runs the crate's callbacks for every queued message
@@ -204,9 +208,9 @@ impl Source for ChannelSource {
     fn dispatch(&self) -> DispatchStatus {
         let inner = &self.inner;
         let Some(_processing) = inner.processing.try_lock() else {
-            return DispatchStatus::Complete; // the running call drains the queue
+            return inner.announcer.complete(); // the running call drains the queue
         };
-        inner.status.update(DispatchStatus::Complete);
+        inner.announcer.begin();
         if !inner.closed.load(Ordering::Acquire)
             && inner.channel().read_write(Some(Duration::ZERO)).is_err()
         {
@@ -214,7 +218,9 @@ impl Source for ChannelSource {
         }
         inner.connection.process_all();
         inner.sync();
-        DispatchStatus::Complete
+        // `DataRemains` if a send on another thread, or the I/O of a handler on another
+        // thread, queued something since `begin`.
+        inner.announcer.answer(DispatchStatus::Complete)
     }
 }
 
