@@ -1,5 +1,8 @@
-//! The libdbus bridge peer to peer, no daemon: a `DBusServer` and clients on `MainLoop`.
-//! Needs the `dbus` feature (system libdbus, or `dbus-vendored`).
+//! The libdbus bridge peer to peer, no daemon: a `DBusServer` and clients on every loop in
+//! `dbus_support::loops_for(mode)` (ping-pong, signals, disconnect, 16 MiB, a call pending at
+//! disconnect, detach and reattach), and what only `MainLoop` and `MockLoop` can show (glue
+//! that misbehaves inside libdbus's call-outs, virtual time) — each in both modes. Needs the
+//! `dbus` feature (system libdbus, or `dbus-vendored`).
 
 mod dbus_support;
 
@@ -8,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use dbus_support::{confine, every_mode, open_private, payload, run_until, Peer, Reply};
+use dbus_support::{
+    confine, every_mode, loops_for, open_private, payload, run_until, Peer, Reply, TestLoop,
+};
 use loopglue::dbus::{Connection, Server};
 use loopglue::{DispatchStatus, MainLoop, Source, Watch, WatchFunctions};
 
@@ -47,107 +52,160 @@ fn step(main_loop: &MainLoop) -> impl FnMut() + '_ {
     }
 }
 
+/// A server on `lp` whose accepted connections answer through a [`Peer`] filter, attached
+/// from inside the server's new-connection function (on the loop's thread, or a worker's).
+fn serve_on(lp: &dyn TestLoop, confined: bool) -> (Server, Arc<Mutex<Vec<Peer>>>) {
+    let server = Server::listen("unix:tmpdir=/tmp").expect("listen");
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let (sink, attach) = (Arc::clone(&accepted), lp.attacher());
+    server.set_new_connection_function(move |conn: Connection| {
+        confine(&conn, confined);
+        // The filter first: on a loop with threads of its own the connection may be
+        // dispatched as soon as it is attached.
+        let peer = Peer::new(conn.clone());
+        attach(Arc::new(conn));
+        sink.lock().unwrap().push(peer);
+    });
+    lp.attach(Arc::new(server.clone()));
+    (server, accepted)
+}
+
+fn connect_on(lp: &dyn TestLoop, server: &Server, confined: bool) -> Peer {
+    let client = Peer::new(open_private(&server.address(), confined));
+    lp.attach(Arc::new(client.conn.clone()));
+    client
+}
+
 #[test]
-fn ping_pong_signals_and_disconnect_on_main_loop() {
+fn ping_pong_signals_and_disconnect_on_every_loop() {
     every_mode(|confined| {
-        let main_loop = Arc::new(MainLoop::new().unwrap());
-        let (server, accepted) = serve(&main_loop, confined);
-        let client = connect(&main_loop, &server, confined);
-        run_until("authentication", step(&main_loop), || {
-            client.authenticated() && accepted.lock().unwrap().len() == 1
-        });
+        for (name, make) in loops_for(confined) {
+            let lp = make();
+            let (server, accepted) = serve_on(&*lp, confined);
+            let client = connect_on(&*lp, &server, confined);
+            run_until(
+                "authentication",
+                || lp.turn(),
+                || client.authenticated() && accepted.lock().unwrap().len() == 1,
+            );
 
-        // Method call ping-pong, each answer checked.
-        for n in 0..2000u32 {
-            let serial = client.ping(None, n);
-            run_until("a reply", step(&main_loop), || {
-                client.reply(serial).is_some()
-            });
-            assert_eq!(client.reply(serial), Some(Reply::Number(n + 1)));
+            // Method call ping-pong, each answer checked.
+            for n in 0..2000u32 {
+                let serial = client.ping(None, n);
+                run_until("a reply", || lp.turn(), || client.reply(serial).is_some());
+                assert_eq!(client.reply(serial), Some(Reply::Number(n + 1)), "{name}");
+            }
+            assert_eq!(
+                accepted.lock().unwrap()[0].seen.lock().unwrap().calls,
+                2000,
+                "{name}"
+            );
+
+            // Signals both ways.
+            client.signal("FromClient");
+            accepted.lock().unwrap()[0].signal("FromServer");
+            run_until(
+                "signals",
+                || lp.turn(),
+                || {
+                    client.seen.lock().unwrap().signals == ["FromServer"]
+                        && accepted.lock().unwrap()[0].seen.lock().unwrap().signals
+                            == ["FromClient"]
+                },
+            );
+
+            // Disconnect: the client closes; both ends see Disconnected, the glue loses the
+            // watches.
+            client.conn.close();
+            run_until(
+                "disconnect seen by both",
+                || lp.turn(),
+                || {
+                    client.seen.lock().unwrap().disconnected
+                        && accepted.lock().unwrap()[0]
+                            .seen
+                            .lock()
+                            .unwrap()
+                            .disconnected
+                },
+            );
+            lp.detach(&client.conn);
+            let server_side = accepted.lock().unwrap().pop().unwrap();
+            lp.detach(&server_side.conn);
+            lp.detach(&server);
+            assert_eq!(lp.registered_fds(), 0, "{name}: every watch was removed");
+            assert!(!client.conn.has_watch_functions(), "{name}");
+            assert!(!server_side.conn.has_watch_functions(), "{name}");
         }
-        assert_eq!(accepted.lock().unwrap()[0].seen.lock().unwrap().calls, 2000);
-
-        // Signals both ways.
-        client.signal("FromClient");
-        accepted.lock().unwrap()[0].signal("FromServer");
-        run_until("signals", step(&main_loop), || {
-            client.seen.lock().unwrap().signals == ["FromServer"]
-                && accepted.lock().unwrap()[0].seen.lock().unwrap().signals == ["FromClient"]
-        });
-
-        // Disconnect: the client closes; both ends see Disconnected, the glue loses the watches.
-        client.conn.close();
-        run_until("disconnect seen by both", step(&main_loop), || {
-            client.seen.lock().unwrap().disconnected
-                && accepted.lock().unwrap()[0]
-                    .seen
-                    .lock()
-                    .unwrap()
-                    .disconnected
-        });
-        main_loop.detach(&client.conn).unwrap();
-        let server_side = accepted.lock().unwrap().pop().unwrap();
-        main_loop.detach(&server_side.conn).unwrap();
-        main_loop.detach(&server).unwrap();
-        assert_eq!(main_loop.registered_fds(), 0, "every watch was removed");
-        assert!(!client.conn.has_watch_functions());
     });
 }
 
 #[test]
 fn sixteen_mib_both_ways_intact() {
     every_mode(|confined| {
-        let main_loop = Arc::new(MainLoop::new().unwrap());
-        let (server, accepted) = serve(&main_loop, confined);
-        let client = connect(&main_loop, &server, confined);
-        let big = payload(16 << 20, 7);
-        let serial = client.echo(None, &big);
-        run_until("the 16 MiB echo", step(&main_loop), || {
-            client.reply(serial).is_some()
-        });
-        assert!(
-            client.reply(serial) == Some(Reply::Bytes(big)),
-            "payload corrupted"
-        );
-        assert_eq!(accepted.lock().unwrap().len(), 1);
+        for (name, make) in loops_for(confined) {
+            let lp = make();
+            let (server, accepted) = serve_on(&*lp, confined);
+            let client = connect_on(&*lp, &server, confined);
+            let big = payload(16 << 20, 7);
+            let serial = client.echo(None, &big);
+            run_until(
+                "the 16 MiB echo",
+                || lp.turn(),
+                || client.reply(serial).is_some(),
+            );
+            assert!(
+                client.reply(serial) == Some(Reply::Bytes(big)),
+                "{name}: payload corrupted"
+            );
+            assert_eq!(accepted.lock().unwrap().len(), 1, "{name}");
+        }
     });
 }
 
 /// libdbus 1.14: a call pending when the connection drops gets no notification; libdbus
 /// queues a NoReply error for it, which — the call already gone from its table — reaches the
-/// filters, followed by Disconnected. This pins down what really happens.
+/// filters, followed by Disconnected. This pins down what really happens, on every loop.
 #[test]
 fn call_pending_at_disconnect_reaches_the_filters_not_the_notify() {
     every_mode(|confined| {
-        let main_loop = Arc::new(MainLoop::new().unwrap());
-        let (server, accepted) = serve(&main_loop, confined);
-        let client = connect(&main_loop, &server, confined);
-        let serial = client.stall(None);
-        run_until("the server to hold the call", step(&main_loop), || {
-            accepted
-                .lock()
-                .unwrap()
-                .first()
-                .is_some_and(|p| p.seen.lock().unwrap().stalled == 1)
-        });
-        // The server drops the connection without answering.
-        let server_side = accepted.lock().unwrap().pop().unwrap();
-        main_loop.detach(&server_side.conn).unwrap();
-        drop(server_side); // the bridge owns accepted connections: this closes it
-        run_until("the client to see the disconnect", step(&main_loop), || {
-            client.seen.lock().unwrap().disconnected
-        });
-        let seen = client.seen.lock().unwrap();
-        assert_eq!(
-            seen.replies.get(&serial),
-            None,
-            "the pending call's notify never ran"
-        );
-        assert_eq!(
-            seen.filtered_errors,
-            [("org.freedesktop.DBus.Error.NoReply".to_string(), serial)],
-            "the NoReply error went to the filters"
-        );
+        for (name, make) in loops_for(confined) {
+            let lp = make();
+            let (server, accepted) = serve_on(&*lp, confined);
+            let client = connect_on(&*lp, &server, confined);
+            let serial = client.stall(None);
+            run_until(
+                "the server to hold the call",
+                || lp.turn(),
+                || {
+                    accepted
+                        .lock()
+                        .unwrap()
+                        .first()
+                        .is_some_and(|p| p.seen.lock().unwrap().stalled == 1)
+                },
+            );
+            // The server drops the connection without answering.
+            let server_side = accepted.lock().unwrap().pop().unwrap();
+            lp.detach(&server_side.conn);
+            drop(server_side); // the bridge owns accepted connections: this closes it
+            run_until(
+                "the client to see the disconnect",
+                || lp.turn(),
+                || client.seen.lock().unwrap().disconnected,
+            );
+            let seen = client.seen.lock().unwrap();
+            assert_eq!(
+                seen.replies.get(&serial),
+                None,
+                "{name}: the pending call's notify never ran"
+            );
+            assert_eq!(
+                seen.filtered_errors,
+                [("org.freedesktop.DBus.Error.NoReply".to_string(), serial)],
+                "{name}: the NoReply error went to the filters"
+            );
+        }
     });
 }
 
@@ -241,30 +299,32 @@ fn a_glue_that_dispatches_from_toggled_does_not_hang() {
     });
 }
 
+/// Detaching leaves libdbus with no functions (so the connection may be closed), and
+/// another loop of the same kind takes the connection over.
 #[test]
 fn detach_restores_libdbus_to_no_functions_and_reattach_works() {
     every_mode(|confined| {
-        let main_loop = Arc::new(MainLoop::new().unwrap());
-        let (server, _accepted) = serve(&main_loop, confined);
-        let client = connect(&main_loop, &server, confined);
-        run_until("authentication", step(&main_loop), || {
-            client.authenticated()
-        });
-        main_loop.detach(&client.conn).unwrap();
-        assert!(!client.conn.has_watch_functions());
-        // Another loop takes it over.
-        let second = MainLoop::new().unwrap();
-        second.attach(Arc::new(client.conn.clone())).unwrap();
-        let serial = client.ping(None, 41);
-        run_until(
-            "a reply across two loops",
-            || {
-                main_loop.run_once(Some(Duration::from_millis(5))).unwrap();
-                second.run_once(Some(Duration::from_millis(5))).unwrap();
-            },
-            || client.reply(serial).is_some(),
-        );
-        assert_eq!(client.reply(serial), Some(Reply::Number(42)));
+        for (name, make) in loops_for(confined) {
+            let lp = make();
+            let (server, _accepted) = serve_on(&*lp, confined);
+            let client = connect_on(&*lp, &server, confined);
+            run_until("authentication", || lp.turn(), || client.authenticated());
+            lp.detach(&client.conn);
+            assert!(!client.conn.has_watch_functions(), "{name}");
+            // Another loop takes it over.
+            let second = make();
+            second.attach(Arc::new(client.conn.clone()));
+            let serial = client.ping(None, 41);
+            run_until(
+                "a reply across two loops",
+                || {
+                    lp.turn_counting(Duration::from_millis(5));
+                    second.turn_counting(Duration::from_millis(5));
+                },
+                || client.reply(serial).is_some(),
+            );
+            assert_eq!(client.reply(serial), Some(Reply::Number(42)), "{name}");
+        }
     });
 }
 

@@ -1,5 +1,6 @@
 //! Shared by the libdbus bridge tests: a peer that answers and records messages through
-//! libdbus filters, and a bounded "run the loop until" helper.
+//! libdbus filters, a bounded "run the loop until" helper, and the loops every bus test runs
+//! on ([`loops`]: `MainLoop` and each adapter whose feature is on).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -10,6 +11,12 @@ use std::time::{Duration, Instant};
 
 use libdbus_sys as sys;
 use loopglue::dbus::{ffi, Connection};
+
+#[cfg(feature = "tokio")]
+#[path = "../tokio_loop/mod.rs"]
+mod tokio_loop;
+#[cfg(feature = "tokio")]
+use tokio_loop::{Flavor, TokioLoop};
 
 pub const IFACE: &str = "org.loopglue.Test";
 pub const PATH: &str = "/org/loopglue/Test";
@@ -201,11 +208,20 @@ extern "C" fn free_seen(data: *mut c_void) {
 struct Waiting {
     seen: Arc<Mutex<Seen>>,
     serial: u32,
+    /// The reply was taken: `reply_ready` may be called twice (see `Peer::call`).
+    taken: std::sync::atomic::AtomicBool,
 }
 
 extern "C" fn reply_ready(pending: *mut sys::DBusPendingCall, data: *mut c_void) {
-    // SAFETY: `data` is the Box<Waiting> set in `Peer::call`, freed by `free_waiting`.
+    // SAFETY: `data` is the Box<Waiting> set in `Peer::call`, freed by `free_waiting` when
+    // the pending call is finalized; both callers hold a reference to the call.
     let waiting = unsafe { &*data.cast::<Waiting>() };
+    if waiting
+        .taken
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        return;
+    }
     unsafe {
         let reply = sys::dbus_pending_call_steal_reply(pending);
         let outcome = if reply.is_null() {
@@ -226,7 +242,6 @@ extern "C" fn reply_ready(pending: *mut sys::DBusPendingCall, data: *mut c_void)
             .unwrap()
             .replies
             .insert(waiting.serial, outcome);
-        sys::dbus_pending_call_unref(pending);
     }
 }
 
@@ -264,9 +279,16 @@ impl Peer {
     }
 
     /// Sends `msg` with a reply expected; returns its serial. The reply lands in `seen`.
+    ///
+    /// On a loop whose handlers run on other threads (tokio's multi-thread runtime), the reply
+    /// can be read and dispatched between `dbus_connection_send_with_reply` and
+    /// `dbus_pending_call_set_notify`, and libdbus 1.14 never calls a notify set on a call
+    /// already completed. So the call is checked after the notify is set; if it completed,
+    /// the notify runs here — and since libdbus may also call it (completion started before
+    /// the notify was set and finished after), `reply_ready` takes the reply once.
     fn call(&self, msg: *mut sys::DBusMessage) -> u32 {
         let mut pending: *mut sys::DBusPendingCall = std::ptr::null_mut();
-        // SAFETY: a live connection and message.
+        // SAFETY: a live connection and message; `pending` is ours until the unref below.
         unsafe {
             assert_ne!(
                 sys::dbus_connection_send_with_reply(self.conn.as_ptr(), msg, &mut pending, -1),
@@ -278,6 +300,7 @@ impl Peer {
             let waiting = Box::into_raw(Box::new(Waiting {
                 seen: Arc::clone(&self.seen),
                 serial,
+                taken: std::sync::atomic::AtomicBool::new(false),
             }));
             assert_ne!(
                 sys::dbus_pending_call_set_notify(
@@ -288,6 +311,10 @@ impl Peer {
                 ),
                 0
             );
+            if ffi::dbus_pending_call_get_completed(pending) != 0 {
+                reply_ready(pending, waiting.cast());
+            }
+            sys::dbus_pending_call_unref(pending);
             serial
         }
     }
@@ -344,9 +371,9 @@ impl Peer {
 /// The two ways the bridge can run a connection: `false` for any thread (watches handled with
 /// `dbus_connection_read_write`), `true` promised to its loop's thread
 /// (`Connection::assume_loop_thread_only`: `dbus_watch_handle`). The promise holds in the
-/// tests that use it because every loop in [`loops`] runs its handlers on the thread that
-/// calls `turn`, the thread that also sends; a loop added there that runs handlers on other
-/// threads (tokio's multi-thread runtime) must skip the second mode.
+/// tests that use it because [`loops_for`] the second mode leaves out the loops that run
+/// handlers on threads other than the one that calls `turn` (and sends): tokio's
+/// multi-thread runtime.
 pub const MODES: [(&str, bool); 2] = [("any thread", false), ("loop thread only", true)];
 
 /// Runs `test` once per mode (the mode is printed first, so a failure names it).
@@ -493,43 +520,408 @@ pub fn request_name(conn: &Connection, name: &str, flags: u32) -> i32 {
     }
 }
 
+/// Attaches a source to a loop from any thread, or from inside one of the loop's handlers (a
+/// server's new-connection function); the attachment lives until the loop is dropped or the
+/// source detached. It holds the loop weakly: a source may keep it without a cycle.
+pub type Attacher = Arc<dyn Fn(Arc<dyn loopglue::Source>) + Send + Sync>;
+
 /// A loop the bus tests run on. Adding an adapter to every bus test is one impl of this and
 /// one line in [`loops`].
 pub trait TestLoop {
+    /// Runs `source` on this loop until the loop is dropped or the source detached.
     fn attach(&self, source: Arc<dyn loopglue::Source>);
+    /// See [`Attacher`].
+    fn attacher(&self) -> Attacher;
+    /// Stops running `source` (found by its identity; any clone will do).
+    fn detach(&self, source: &dyn loopglue::Source);
     /// One iteration, waiting at most a short while.
     fn turn(&self);
-    /// One iteration; how many handlers and dispatches ran.
-    fn turn_counting(&self, wait: Duration) -> usize;
+    /// One iteration waiting at most `wait`: how many handlers and dispatches ran, where the
+    /// loop tells (`MainLoop::run_once`, `MioGlue::process`); `None` where the count stays
+    /// inside the host loop (tokio, calloop, GLib).
+    fn turn_counting(&self, wait: Duration) -> Option<usize>;
+    /// How many fds the glue has registered with the loop, over every source.
+    fn registered_fds(&self) -> usize;
+    /// The CPU time used so far by the threads that run the loop's handlers; the default is
+    /// the calling thread's, right for a loop turned on it.
+    fn cpu_time(&self) -> Duration {
+        thread_cpu()
+    }
 }
 
-impl TestLoop for loopglue::MainLoop {
+/// CPU time the calling thread has used.
+pub fn thread_cpu() -> Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
+/// `MainLoop`; it keeps what it runs.
+struct OnMainLoop(Arc<loopglue::MainLoop>);
+
+impl TestLoop for OnMainLoop {
     fn attach(&self, source: Arc<dyn loopglue::Source>) {
-        loopglue::MainLoop::attach(self, source).expect("attach");
+        self.0.attach(source).expect("attach");
+    }
+    fn attacher(&self) -> Attacher {
+        let main_loop = Arc::downgrade(&self.0);
+        Arc::new(move |source| {
+            if let Some(main_loop) = main_loop.upgrade() {
+                main_loop.attach(source).expect("attach");
+            }
+        })
+    }
+    fn detach(&self, source: &dyn loopglue::Source) {
+        self.0.detach(source).expect("detach");
     }
     fn turn(&self) {
-        self.run_once(Some(Duration::from_millis(200)))
+        self.0
+            .run_once(Some(Duration::from_millis(200)))
             .expect("run_once");
     }
-    fn turn_counting(&self, wait: Duration) -> usize {
-        self.run_once(Some(wait)).expect("run_once")
+    fn turn_counting(&self, wait: Duration) -> Option<usize> {
+        Some(self.0.run_once(Some(wait)).expect("run_once"))
+    }
+    fn registered_fds(&self) -> usize {
+        self.0.registered_fds()
+    }
+}
+
+/// The attachments an adapter handed out, shared with its [`Attacher`]s.
+struct Kept<A>(Arc<Mutex<Vec<A>>>);
+
+impl<A: Send + 'static> Kept<A> {
+    fn new() -> Kept<A> {
+        Kept(Arc::default())
+    }
+
+    fn push(&self, attachment: A) {
+        self.0.lock().unwrap().push(attachment);
+    }
+
+    /// An attacher that attaches with `attach` and keeps the attachment here.
+    fn attacher(
+        &self,
+        attach: impl Fn(Arc<dyn loopglue::Source>) -> std::io::Result<A> + Send + Sync + 'static,
+    ) -> Attacher {
+        let kept = Arc::downgrade(&self.0);
+        Arc::new(move |source| {
+            if let Some(kept) = kept.upgrade() {
+                let attachment = attach(source).expect("attach");
+                kept.lock().unwrap().push(attachment);
+            }
+        })
+    }
+
+    /// Takes out the attachment of `source` (by identity), if any.
+    fn take(&self, source: &dyn loopglue::Source, id: impl Fn(&A) -> u64) -> Option<A> {
+        let mut kept = self.0.lock().unwrap();
+        let at = kept.iter().position(|a| id(a) == source.data().id())?;
+        Some(kept.swap_remove(at))
+    }
+}
+
+/// tokio: a runtime of the loop's own, turned by the calling thread (current-thread) or run
+/// by two workers (multi-thread); see `tests/tokio_loop`.
+#[cfg(feature = "tokio")]
+struct OnTokio {
+    // Detached before the runtime goes.
+    kept: Kept<loopglue::adapters::tokio::TokioAttachment>,
+    tokio: TokioLoop,
+}
+
+#[cfg(feature = "tokio")]
+impl OnTokio {
+    fn new(flavor: Flavor) -> OnTokio {
+        OnTokio {
+            kept: Kept::new(),
+            tokio: TokioLoop::new(flavor),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl TestLoop for OnTokio {
+    fn attach(&self, source: Arc<dyn loopglue::Source>) {
+        (self.attacher())(source);
+    }
+    fn attacher(&self) -> Attacher {
+        let handle = self.tokio.handle().clone();
+        self.kept
+            .attacher(move |source| loopglue::adapters::tokio::attach_to(&handle, source))
+    }
+    fn detach(&self, source: &dyn loopglue::Source) {
+        if let Some(attachment) = self.kept.take(source, |a| a.source().data().id()) {
+            attachment.detach().map_err(|(_, e)| e).expect("detach");
+        }
+    }
+    /// A round of the runtime, or at most 20 ms: a runtime that never finishes a round (a
+    /// driver that spins) fails the CPU bounds in seconds, not at the deadlines.
+    fn turn(&self) {
+        self.tokio.turn(Duration::from_millis(20));
+    }
+    fn turn_counting(&self, wait: Duration) -> Option<usize> {
+        self.tokio.turn(wait);
+        None
+    }
+    fn registered_fds(&self) -> usize {
+        self.kept
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.registered_fds())
+            .sum()
+    }
+    fn cpu_time(&self) -> Duration {
+        self.tokio.cpu_time()
+    }
+}
+
+/// mio: a `Poll` of the loop's own, polled by the calling thread, the glue on tokens
+/// 1000..3000.
+#[cfg(feature = "mio")]
+struct OnMio {
+    kept: Kept<loopglue::adapters::mio::MioAttachment>,
+    glue: Arc<loopglue::adapters::mio::MioGlue>,
+    poll: std::cell::RefCell<(mio::Poll, mio::Events)>,
+}
+
+#[cfg(feature = "mio")]
+impl OnMio {
+    fn new() -> OnMio {
+        let poll = mio::Poll::new().expect("poll");
+        let glue = loopglue::adapters::mio::MioGlue::new(
+            poll.registry(),
+            mio::Token(1000)..mio::Token(3000),
+        )
+        .expect("glue");
+        OnMio {
+            kept: Kept::new(),
+            glue: Arc::new(glue),
+            poll: std::cell::RefCell::new((poll, mio::Events::with_capacity(256))),
+        }
+    }
+}
+
+#[cfg(feature = "mio")]
+impl TestLoop for OnMio {
+    fn attach(&self, source: Arc<dyn loopglue::Source>) {
+        (self.attacher())(source);
+    }
+    fn attacher(&self) -> Attacher {
+        let glue = Arc::downgrade(&self.glue);
+        self.kept.attacher(move |source| match glue.upgrade() {
+            Some(glue) => glue.attach(source),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        })
+    }
+    fn detach(&self, source: &dyn loopglue::Source) {
+        if let Some(attachment) = self.kept.take(source, |a| a.source().data().id()) {
+            attachment.detach().map_err(|(_, e)| e).expect("detach");
+        }
+    }
+    fn turn(&self) {
+        self.turn_counting(Duration::from_millis(200));
+    }
+    fn turn_counting(&self, wait: Duration) -> Option<usize> {
+        let mut poll = self.poll.borrow_mut();
+        let (poll, events) = &mut *poll;
+        let timeout = self.glue.poll_timeout().map_or(wait, |t| t.min(wait));
+        match poll.poll(events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => events.clear(),
+            Err(e) => panic!("poll: {e}"),
+        }
+        Some(self.glue.process(events))
+    }
+    fn registered_fds(&self) -> usize {
+        self.glue.registered_fds()
+    }
+}
+
+/// calloop: an `EventLoop` of the loop's own, dispatched by the calling thread.
+#[cfg(feature = "calloop")]
+struct OnCalloop {
+    kept: Kept<loopglue::adapters::calloop::CalloopAttachment>,
+    glue: loopglue::adapters::calloop::CalloopGlue<'static, ()>,
+    event_loop: std::cell::RefCell<calloop::EventLoop<'static, ()>>,
+}
+
+#[cfg(feature = "calloop")]
+impl OnCalloop {
+    fn new() -> OnCalloop {
+        let event_loop = calloop::EventLoop::try_new().expect("event loop");
+        let glue =
+            loopglue::adapters::calloop::CalloopGlue::insert(&event_loop.handle()).expect("glue");
+        OnCalloop {
+            kept: Kept::new(),
+            glue,
+            event_loop: std::cell::RefCell::new(event_loop),
+        }
+    }
+}
+
+#[cfg(feature = "calloop")]
+impl TestLoop for OnCalloop {
+    fn attach(&self, source: Arc<dyn loopglue::Source>) {
+        self.kept.push(self.glue.attach(source).expect("attach"));
+    }
+    fn attacher(&self) -> Attacher {
+        let attacher = self.glue.attacher();
+        self.kept.attacher(move |source| attacher.attach(source))
+    }
+    fn detach(&self, source: &dyn loopglue::Source) {
+        if let Some(attachment) = self.kept.take(source, |a| a.source().data().id()) {
+            attachment.detach().map_err(|(_, e)| e).expect("detach");
+        }
+    }
+    fn turn(&self) {
+        self.turn_counting(Duration::from_millis(200));
+    }
+    fn turn_counting(&self, wait: Duration) -> Option<usize> {
+        self.event_loop
+            .borrow_mut()
+            .dispatch(Some(wait), &mut ())
+            .expect("dispatch");
+        None
+    }
+    fn registered_fds(&self) -> usize {
+        self.glue.registered_fds()
+    }
+}
+
+/// GLib: a `MainContext` of the loop's own, iterated by the calling thread.
+#[cfg(feature = "glib")]
+struct OnGlib {
+    kept: Kept<loopglue::adapters::glib::GlibAttachment>,
+    glue: loopglue::adapters::glib::GlibGlue,
+    context: glib::MainContext,
+}
+
+#[cfg(feature = "glib")]
+impl OnGlib {
+    fn new() -> OnGlib {
+        let context = glib::MainContext::new();
+        OnGlib {
+            kept: Kept::new(),
+            glue: loopglue::adapters::glib::GlibGlue::new(&context),
+            context,
+        }
+    }
+}
+
+#[cfg(feature = "glib")]
+impl TestLoop for OnGlib {
+    fn attach(&self, source: Arc<dyn loopglue::Source>) {
+        (self.attacher())(source);
+    }
+    fn attacher(&self) -> Attacher {
+        let glue = self.glue.clone();
+        self.kept.attacher(move |source| glue.attach(source))
+    }
+    fn detach(&self, source: &dyn loopglue::Source) {
+        if let Some(attachment) = self.kept.take(source, |a| a.source().data().id()) {
+            attachment.detach().map_err(|(_, e)| e).expect("detach");
+        }
+    }
+    fn turn(&self) {
+        self.turn_counting(Duration::from_millis(200));
+    }
+    /// One `g_main_context_iteration`, its wait bounded by a timeout source of the test's
+    /// own below the glue's priority.
+    fn turn_counting(&self, wait: Duration) -> Option<usize> {
+        let bound =
+            glib::timeout_source_new(wait, None, glib::Priority::LOW, || glib::ControlFlow::Break);
+        bound.attach(Some(&self.context));
+        self.context.iteration(true);
+        bound.destroy();
+        None
+    }
+    fn registered_fds(&self) -> usize {
+        self.glue.registered_fds()
     }
 }
 
 /// Makes a fresh loop of one kind.
 pub type MakeLoop = fn() -> Box<dyn TestLoop>;
 
-/// Every loop the bus tests run on: (name, constructor). The hook for tokio, mio, GLib and
-/// calloop once their adapters exist.
-pub fn loops() -> Vec<(&'static str, MakeLoop)> {
-    vec![
-        ("MainLoop/epoll", || {
-            Box::new(loopglue::MainLoop::with_backend(loopglue::Backend::Epoll).unwrap())
+/// Every loop the bus tests run on: (name, constructor) — `MainLoop` on both backends, and
+/// each adapter whose feature is on. `LOOPGLUE_TEST_LOOPS=tokio,mio` (names containing one of
+/// the words) runs the tests on those alone. Each loop's name is printed as its turn comes,
+/// so a failing test's output says which loop it failed on.
+pub fn loops() -> impl Iterator<Item = (&'static str, MakeLoop)> {
+    loops_for(false)
+}
+
+/// The loops of [`loops`] that can run connections promised to their loop's thread
+/// (`confined`, see [`MODES`]): those that run handlers on the thread that turns them. With
+/// `confined` false, every loop.
+pub fn loops_for(confined: bool) -> impl Iterator<Item = (&'static str, MakeLoop)> {
+    let only = std::env::var("LOOPGLUE_TEST_LOOPS").unwrap_or_default();
+    let mut loops = every_loop();
+    if !only.is_empty() {
+        loops.retain(|kind| only.split(',').any(|word| kind.name.contains(word.trim())));
+        assert!(
+            !loops.is_empty(),
+            "LOOPGLUE_TEST_LOOPS={only} names no loop"
+        );
+    }
+    loops
+        .into_iter()
+        .filter(move |kind| !confined || kind.handlers_on_turning_thread)
+        .map(|kind| (kind.name, kind.make))
+        .inspect(|(name, _)| eprintln!("-- on {name}"))
+}
+
+/// One kind of loop.
+struct LoopKind {
+    name: &'static str,
+    make: MakeLoop,
+    /// Handlers run on the thread that calls `turn`, never on another.
+    handlers_on_turning_thread: bool,
+}
+
+fn every_loop() -> Vec<LoopKind> {
+    fn kind(name: &'static str, make: MakeLoop) -> LoopKind {
+        LoopKind {
+            name,
+            make,
+            handlers_on_turning_thread: true,
+        }
+    }
+    // Mutated only with adapter features on.
+    #[allow(unused_mut)]
+    let mut loops = vec![
+        kind("MainLoop/epoll", || {
+            Box::new(OnMainLoop(Arc::new(
+                loopglue::MainLoop::with_backend(loopglue::Backend::Epoll).unwrap(),
+            )))
         }),
-        ("MainLoop/poll", || {
-            Box::new(loopglue::MainLoop::with_backend(loopglue::Backend::Poll).unwrap())
+        kind("MainLoop/poll", || {
+            Box::new(OnMainLoop(Arc::new(
+                loopglue::MainLoop::with_backend(loopglue::Backend::Poll).unwrap(),
+            )))
         }),
-    ]
+    ];
+    #[cfg(feature = "tokio")]
+    {
+        loops.push(kind("tokio/current-thread", || {
+            Box::new(OnTokio::new(Flavor::CurrentThread))
+        }));
+        loops.push(LoopKind {
+            handlers_on_turning_thread: false,
+            ..kind("tokio/multi-thread", || {
+                Box::new(OnTokio::new(Flavor::MultiThread))
+            })
+        });
+    }
+    #[cfg(feature = "mio")]
+    loops.push(kind("mio", || Box::new(OnMio::new())));
+    #[cfg(feature = "calloop")]
+    loops.push(kind("calloop", || Box::new(OnCalloop::new())));
+    #[cfg(feature = "glib")]
+    loops.push(kind("GLib", || Box::new(OnGlib::new())));
+    loops
 }
 
 /// `Ping(n)` to `dest` with `dbus_connection_send_with_reply_and_block` (libdbus does the
