@@ -442,7 +442,7 @@ fn bus_poll_glue(address: &str, n: u32) -> f64 {
 
 // ---- on a tokio runtime: the bridge with `adapters::tokio`, and dbus-tokio -------------------
 
-/// Which client a tokio case runs; the responder is the same in all three.
+/// Which client a tokio case runs; the responder is the same for all four.
 #[derive(Clone, Copy)]
 enum TokioClient {
     /// A bridge connection attached with `loopglue::adapters::tokio`, any-thread mode.
@@ -475,10 +475,12 @@ struct Answer {
 
 extern "C" fn answer_ready(pending: *mut sys::DBusPendingCall, data: *mut c_void) {
     // SAFETY: `data` is the `Arc<Mutex<Answer>>` leaked in `bridge_ping`, freed by
-    // `free_answer`; `pending` is the call, whose reference `bridge_ping` left to this function;
-    // libdbus calls this once, with the reply or its own timeout error.
+    // `free_answer` only after this notification.
     let answer = unsafe { &*data.cast::<Mutex<Answer>>() };
     let mut n = None;
+    // SAFETY: `pending` is the call, whose reference `bridge_ping` left to this function;
+    // libdbus calls this once, with the reply or its own timeout error, which is read and
+    // unreferenced here.
     unsafe {
         let reply = sys::dbus_pending_call_steal_reply(pending);
         if !reply.is_null() {
