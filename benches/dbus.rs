@@ -539,8 +539,8 @@ async fn bridge_ping(conn: &Connection, names: &PingNames, n: u32) -> Option<u32
     let answer = Arc::new(Mutex::new(Answer::default()));
     // SAFETY: a live connection, valid C strings; the notification's data is a leaked
     // reference to `answer`, freed by libdbus with `free_answer`; the pending call's reference
-    // goes to `answer_ready`. On a current-thread runtime nothing dispatches this connection
-    // between the send and `set_notify`.
+    // goes to `answer_ready`, which runs only inside a dispatch — on a current-thread runtime
+    // not before this block ends, so `pending` is still ours for the completion check.
     unsafe {
         let msg = sys::dbus_message_new_method_call(
             names.dest.as_ptr(),
@@ -575,6 +575,8 @@ async fn bridge_ping(conn: &Connection, names: &PingNames, n: u32) -> Option<u32
             ),
             0
         );
+        // libdbus never calls a notify set on a completed call; nothing can have completed it.
+        assert_eq!(ffi::dbus_pending_call_get_completed(pending), 0);
     }
     std::future::poll_fn(|cx| {
         let mut answer = answer.lock().unwrap();
