@@ -211,7 +211,10 @@ impl Source for ChannelSource {
             return inner.announcer.complete(); // the running call drains the queue
         };
         inner.announcer.begin();
+        // The watch handlers read; here only output queued by a send (on any thread) needs
+        // flushing, so a dispatch with nothing to send costs no `poll(2)`.
         if !inner.closed.load(Ordering::Acquire)
+            && inner.channel().has_messages_to_send()
             && inner.channel().read_write(Some(Duration::ZERO)).is_err()
         {
             inner.close();
