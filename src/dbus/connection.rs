@@ -2,7 +2,6 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::io;
 use std::os::raw::c_void;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, Ordering};
@@ -20,6 +19,10 @@ use super::error::{new_error, Error};
 use super::ffi;
 use super::gate::Gate;
 use super::relay::{self, Relay, Slots};
+use super::trampoline::{
+    add_timeout, add_watch, interval_of, remove_timeout, remove_watch, toggle_timeout,
+    toggle_watch, Installation, Mirror,
+};
 use crate::{
     DispatchStatus, DispatchStatusFn, SetFunctionsError, Source, SourceData, Timeout,
     TimeoutFunctions, TimeoutList, WakeupFn, WakeupHook, Watch, WatchFlags, WatchFunctions,
@@ -122,8 +125,8 @@ struct Inner {
     /// Serialises the `Source::set_*` methods: held across libdbus calls, never taken by a
     /// trampoline.
     install: Mutex<()>,
-    watch_functions: AtomicBool,
-    timeout_functions: AtomicBool,
+    watch_functions: Installation,
+    timeout_functions: Installation,
     wakeup_function: AtomicBool,
     status_function: AtomicBool,
     deferred: AtomicU8,
@@ -333,8 +336,8 @@ impl Connection {
                 panics: PanicSlot::default(),
                 relay: RelayPtr(AtomicPtr::new(std::ptr::null_mut())),
                 install: Mutex::new(()),
-                watch_functions: AtomicBool::new(false),
-                timeout_functions: AtomicBool::new(false),
+                watch_functions: Installation::default(),
+                timeout_functions: Installation::default(),
                 wakeup_function: AtomicBool::new(false),
                 status_function: AtomicBool::new(false),
                 deferred: AtomicU8::new(0),
@@ -392,7 +395,7 @@ impl Connection {
 
     /// Whether the glue currently has libdbus's watch functions installed through this bridge.
     pub fn has_watch_functions(&self) -> bool {
-        self.owner.inner.watch_functions.load(Ordering::Acquire)
+        self.owner.inner.watch_functions.is_on()
     }
 
     /// Promises that nothing disconnects this connection on another thread while its loop
@@ -661,11 +664,140 @@ impl Inner {
         self.panics.resume();
     }
 
-    // ---- trampolines' bodies (libdbus lock held unless said otherwise) ---------------
+    /// The wakeup trampoline's body (lock held): a message entered the incoming queue, or a
+    /// send left output queued. Either may have happened on a thread other than the loop's.
+    fn woken(&self) {
+        self.announcer.data_remains();
+        // The loop that called the bridge on this thread is running, not blocked in a wait:
+        // waking it would only cost it a spurious wakeup (an eventfd write and read per
+        // message on MainLoop). Wakeups caused by other threads are passed on.
+        if callout::serving() {
+            callout::note_served_wakeup();
+        } else {
+            self.wakeup.wake();
+        }
+    }
 
-    /// # Safety
+    /// The dispatch-status function's body (no lock held, inside a libdbus call).
     ///
-    /// `watch` is a live DBusWatch libdbus is adding (lock held).
+    /// Only `DataRemains` is passed on: the glue learns `Complete` from the answers of
+    /// `dispatch` and `dispatch_status`, and a `Complete` reported here may be stale (libdbus
+    /// calls this after unlocking, so two threads' reports can overtake each other).
+    fn status_changed(&self, status: sys::DBusDispatchStatus) {
+        match map_status(status) {
+            Some(DispatchStatus::DataRemains) => self.announcer.data_remains(),
+            Some(DispatchStatus::Complete) => {}
+            None => self.schedule_retry(),
+        }
+    }
+
+    // ---- installing libdbus's functions ------------------------------------------------
+
+    /// libdbus's watch functions, and the wakeup function that goes with them (it announces
+    /// messages queued on any thread), in or out. Says whether libdbus took them.
+    fn set_watch_trampolines(&self, on: bool) -> bool {
+        let (add, remove, toggle, data): (
+            ffi::AddWatchFunction,
+            ffi::WatchFunction,
+            ffi::WatchFunction,
+            _,
+        ) = if on {
+            (
+                Some(add_watch::<Inner>),
+                Some(remove_watch::<Inner>),
+                Some(toggle_watch::<Inner>),
+                self.data_ptr(),
+            )
+        } else {
+            self.set_wakeup_trampoline(false);
+            (None, None, None, std::ptr::null_mut())
+        };
+        // SAFETY: a live connection; the data is this Inner, which outlives the installation
+        // (uninstalled before the owner lets it go, under libdbus's lock, which serialises
+        // with running call-outs). Setting no functions cannot fail (libdbus calls our remove
+        // for every watch first).
+        let taken = unsafe {
+            ffi::dbus_connection_set_watch_functions(self.ptr(), add, remove, toggle, data, None)
+        } != 0;
+        if on && taken {
+            self.set_wakeup_trampoline(true);
+        }
+        taken
+    }
+
+    fn set_timeout_trampolines(&self, on: bool) -> bool {
+        let (add, remove, toggle, data): (
+            ffi::AddTimeoutFunction,
+            ffi::TimeoutFunction,
+            ffi::TimeoutFunction,
+            _,
+        ) = if on {
+            (
+                Some(add_timeout::<Inner>),
+                Some(remove_timeout::<Inner>),
+                Some(toggle_timeout::<Inner>),
+                self.data_ptr(),
+            )
+        } else {
+            (None, None, None, std::ptr::null_mut())
+        };
+        // SAFETY: as `set_watch_trampolines`.
+        let taken = unsafe {
+            ffi::dbus_connection_set_timeout_functions(self.ptr(), add, remove, toggle, data, None)
+        };
+        taken != 0
+    }
+
+    fn set_wakeup_trampoline(&self, on: bool) {
+        if self.wakeup_function.swap(on, Ordering::AcqRel) == on {
+            return;
+        }
+        let (function, data): (ffi::WakeupMainFunction, *mut c_void) = if on {
+            (Some(wakeup_main), self.data_ptr())
+        } else {
+            (None, std::ptr::null_mut())
+        };
+        // SAFETY: a live connection; libdbus calls the wakeup function with its lock held, so
+        // replacing it serialises with running calls and the data outlives them.
+        unsafe { ffi::dbus_connection_set_wakeup_main_function(self.ptr(), function, data, None) };
+    }
+
+    fn set_status_trampoline(&self, on: bool) {
+        if self.status_function.swap(on, Ordering::AcqRel) == on {
+            return;
+        }
+        let (function, data): (ffi::DispatchStatusFunction, *mut c_void) = if on {
+            (Some(dispatch_status_changed), self.relay.get().cast())
+        } else {
+            (None, std::ptr::null_mut())
+        };
+        // SAFETY: a live connection; the data is the relay, which lives as long as the
+        // connection (libdbus calls this function without its lock, holding a reference).
+        unsafe {
+            ffi::dbus_connection_set_dispatch_status_function(self.ptr(), function, data, None)
+        };
+    }
+
+    /// Restores libdbus to no functions: what detaching and dropping do.
+    fn uninstall_all(&self) {
+        let _install = self.install.lock();
+        self.set_wakeup_trampoline(false);
+        self.set_status_trampoline(false);
+        self.watch_functions
+            .turn_off(|on| self.set_watch_trampolines(on));
+        self.timeout_functions
+            .turn_off(|on| self.set_timeout_trampolines(on));
+    }
+}
+
+/// libdbus calls these with its connection lock held.
+impl Mirror for Inner {
+    const LOCKED: bool = true;
+
+    fn panics(&self) -> &PanicSlot {
+        &self.panics
+    }
+
     unsafe fn watch_added(&self, watch: *mut ffi::DBusWatch) -> ffi::dbus_bool_t {
         // SAFETY: libdbus passes a live watch.
         let (fd, flags, enabled) = unsafe {
@@ -715,9 +847,6 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// `watch` is a live DBusWatch (lock held).
     unsafe fn watch_removed(&self, watch: *mut ffi::DBusWatch) {
         // SAFETY: libdbus passes a live watch; its data is ours.
         if let Some(mirror) = unsafe { mirrored_watch(watch) } {
@@ -729,9 +858,6 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// `watch` is a live DBusWatch (lock held).
     unsafe fn watch_toggled(&self, watch: *mut ffi::DBusWatch) {
         // SAFETY: libdbus passes a live watch; its data is ours.
         if let Some(mirror) = unsafe { mirrored_watch(watch) } {
@@ -744,9 +870,6 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// `timeout` is a live DBusTimeout libdbus is adding (lock held).
     unsafe fn timeout_added(&self, timeout: *mut ffi::DBusTimeout) -> ffi::dbus_bool_t {
         // SAFETY: libdbus passes a live timeout.
         let (interval, enabled) = unsafe {
@@ -785,9 +908,6 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// `timeout` is a live DBusTimeout (lock held).
     unsafe fn timeout_removed(&self, timeout: *mut ffi::DBusTimeout) {
         // SAFETY: libdbus passes a live timeout; its data is ours.
         if let Some(gate) = unsafe { timeout_gate(timeout) } {
@@ -797,9 +917,6 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// `timeout` is a live DBusTimeout (lock held).
     unsafe fn timeout_toggled(&self, timeout: *mut ffi::DBusTimeout) {
         // SAFETY: libdbus passes a live timeout; its data is ours.
         let Some(object) = (unsafe { timeout_gate(timeout) }).and_then(|gate| gate.object()) else {
@@ -818,137 +935,6 @@ impl Inner {
             let _ = self.timeouts.restart(&object, interval);
         } else {
             let _ = self.timeouts.toggle(&object, enabled);
-        }
-    }
-
-    /// The wakeup trampoline's body (lock held): a message entered the incoming queue, or a
-    /// send left output queued. Either may have happened on a thread other than the loop's.
-    fn woken(&self) {
-        self.announcer.data_remains();
-        // The loop that called the bridge on this thread is running, not blocked in a wait:
-        // waking it would only cost it a spurious wakeup (an eventfd write and read per
-        // message on MainLoop). Wakeups caused by other threads are passed on.
-        if callout::serving() {
-            callout::note_served_wakeup();
-        } else {
-            self.wakeup.wake();
-        }
-    }
-
-    /// The dispatch-status function's body (no lock held, inside a libdbus call).
-    ///
-    /// Only `DataRemains` is passed on: the glue learns `Complete` from the answers of
-    /// `dispatch` and `dispatch_status`, and a `Complete` reported here may be stale (libdbus
-    /// calls this after unlocking, so two threads' reports can overtake each other).
-    fn status_changed(&self, status: sys::DBusDispatchStatus) {
-        match map_status(status) {
-            Some(DispatchStatus::DataRemains) => self.announcer.data_remains(),
-            Some(DispatchStatus::Complete) => {}
-            None => self.schedule_retry(),
-        }
-    }
-
-    // ---- installing libdbus's functions ------------------------------------------------
-
-    fn install_watch_trampolines(&self) -> bool {
-        // SAFETY: a live connection; the data is this Inner, which outlives the installation
-        // (uninstalled before the owner lets it go, under libdbus's lock, which serialises
-        // with running call-outs).
-        unsafe {
-            ffi::dbus_connection_set_watch_functions(
-                self.ptr(),
-                Some(add_watch),
-                Some(remove_watch),
-                Some(toggle_watch),
-                self.data_ptr(),
-                None,
-            ) != 0
-        }
-    }
-
-    fn uninstall_watch_trampolines(&self) {
-        // SAFETY: a live connection; setting no functions cannot fail (libdbus calls our
-        // remove for every watch first).
-        unsafe {
-            ffi::dbus_connection_set_watch_functions(
-                self.ptr(),
-                None,
-                None,
-                None,
-                std::ptr::null_mut(),
-                None,
-            );
-        }
-    }
-
-    fn install_timeout_trampolines(&self) -> bool {
-        // SAFETY: as `install_watch_trampolines`.
-        unsafe {
-            ffi::dbus_connection_set_timeout_functions(
-                self.ptr(),
-                Some(add_timeout),
-                Some(remove_timeout),
-                Some(toggle_timeout),
-                self.data_ptr(),
-                None,
-            ) != 0
-        }
-    }
-
-    fn uninstall_timeout_trampolines(&self) {
-        // SAFETY: as `uninstall_watch_trampolines`.
-        unsafe {
-            ffi::dbus_connection_set_timeout_functions(
-                self.ptr(),
-                None,
-                None,
-                None,
-                std::ptr::null_mut(),
-                None,
-            );
-        }
-    }
-
-    fn set_wakeup_trampoline(&self, on: bool) {
-        if self.wakeup_function.swap(on, Ordering::AcqRel) == on {
-            return;
-        }
-        let (function, data): (ffi::WakeupMainFunction, *mut c_void) = if on {
-            (Some(wakeup_main), self.data_ptr())
-        } else {
-            (None, std::ptr::null_mut())
-        };
-        // SAFETY: a live connection; libdbus calls the wakeup function with its lock held, so
-        // replacing it serialises with running calls and the data outlives them.
-        unsafe { ffi::dbus_connection_set_wakeup_main_function(self.ptr(), function, data, None) };
-    }
-
-    fn set_status_trampoline(&self, on: bool) {
-        if self.status_function.swap(on, Ordering::AcqRel) == on {
-            return;
-        }
-        let (function, data): (ffi::DispatchStatusFunction, *mut c_void) = if on {
-            (Some(dispatch_status_changed), self.relay.get().cast())
-        } else {
-            (None, std::ptr::null_mut())
-        };
-        // SAFETY: a live connection; the data is the relay, which lives as long as the
-        // connection (libdbus calls this function without its lock, holding a reference).
-        unsafe {
-            ffi::dbus_connection_set_dispatch_status_function(self.ptr(), function, data, None)
-        };
-    }
-
-    /// Restores libdbus to no functions: what detaching and dropping do.
-    fn uninstall_all(&self) {
-        let _install = self.install.lock();
-        self.set_wakeup_trampoline(false);
-        self.set_status_trampoline(false);
-        if self.watch_functions.swap(false, Ordering::AcqRel) {
-            self.uninstall_watch_trampolines();
-        }
-        if self.timeout_functions.swap(false, Ordering::AcqRel) {
-            self.uninstall_timeout_trampolines();
         }
     }
 }
@@ -978,15 +964,6 @@ unsafe fn timeout_gate<'a>(timeout: *mut ffi::DBusTimeout) -> Option<&'a Gate<Ti
     unsafe { data.as_ref() }
 }
 
-/// # Safety
-///
-/// `timeout` is live.
-unsafe fn interval_of(timeout: *mut ffi::DBusTimeout) -> Duration {
-    // SAFETY: the caller's contract.
-    let ms = unsafe { sys::dbus_timeout_get_interval(timeout) };
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
 extern "C" fn free_mirrored_watch(data: *mut c_void) {
     // SAFETY: libdbus hands back the `Arc<MirroredWatch>` stored in `watch_added`, once.
     let mirror = unsafe { Arc::from_raw(data.cast::<MirroredWatch>()) };
@@ -1010,63 +987,9 @@ extern "C" fn free_timeout_gate(data: *mut c_void) {
 
 // ---- trampolines: libdbus → bridge ---------------------------------------------------------
 //
-// SAFETY (all): `data` is the `Inner` installed with the function. It stays valid until the
+// SAFETY (both): `data` is the `Inner` installed with the function. It stays valid until the
 // function is uninstalled, which takes libdbus's connection lock and so waits for calls in
-// progress (these are all called with that lock held).
-
-unsafe extern "C" fn add_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) -> u32 {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live watch, lock held.
-    inner
-        .panics
-        .locked(0, || unsafe { inner.watch_added(watch) })
-}
-
-unsafe extern "C" fn remove_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live watch, lock held.
-    inner
-        .panics
-        .locked((), || unsafe { inner.watch_removed(watch) });
-}
-
-unsafe extern "C" fn toggle_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live watch, lock held.
-    inner
-        .panics
-        .locked((), || unsafe { inner.watch_toggled(watch) });
-}
-
-unsafe extern "C" fn add_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) -> u32 {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live timeout, lock held.
-    inner
-        .panics
-        .locked(0, || unsafe { inner.timeout_added(timeout) })
-}
-
-unsafe extern "C" fn remove_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live timeout, lock held.
-    inner
-        .panics
-        .locked((), || unsafe { inner.timeout_removed(timeout) });
-}
-
-unsafe extern "C" fn toggle_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live timeout, lock held.
-    inner
-        .panics
-        .locked((), || unsafe { inner.timeout_toggled(timeout) });
-}
+// progress (these are called with that lock held). Watches and timeouts: `trampoline`.
 
 unsafe extern "C" fn wakeup_main(data: *mut c_void) {
     // SAFETY: see above (the wakeup function is called with the lock held too).
@@ -1095,13 +1018,6 @@ unsafe extern "C" fn dispatch_status_changed(
 
 // ---- the Source -------------------------------------------------------------------------------
 
-fn out_of_memory() -> crate::Error {
-    crate::Error::Refused(io::Error::new(
-        io::ErrorKind::OutOfMemory,
-        "libdbus could not install the main-loop functions",
-    ))
-}
-
 impl Source for Connection {
     fn data(&self) -> &SourceData {
         &self.owner.inner.data
@@ -1115,38 +1031,12 @@ impl Source for Connection {
         functions: Option<Box<dyn WatchFunctions>>,
     ) -> Result<(), SetFunctionsError<dyn WatchFunctions>> {
         let inner = &self.owner.inner;
-        if callout::inside() {
-            return Err(SetFunctionsError::new(crate::Error::Reentrant, functions));
-        }
-        let _install = inner.install.lock();
-        let installed = inner.watch_functions.load(Ordering::Acquire);
-        match functions {
-            Some(set) => {
-                if !installed {
-                    if !inner.install_watch_trampolines() {
-                        return Err(SetFunctionsError::new(out_of_memory(), Some(set)));
-                    }
-                    // The wakeup trampoline announces messages queued on any thread.
-                    inner.set_wakeup_trampoline(true);
-                }
-                inner.watch_functions.store(true, Ordering::Release);
-                let outcome = inner.watches.set_functions(Some(set));
-                if outcome.is_err() && !installed {
-                    inner.watch_functions.store(false, Ordering::Release);
-                    inner.set_wakeup_trampoline(false);
-                    inner.uninstall_watch_trampolines();
-                }
-                outcome
-            }
-            None => {
-                if installed {
-                    inner.watch_functions.store(false, Ordering::Release);
-                    inner.set_wakeup_trampoline(false);
-                    inner.uninstall_watch_trampolines();
-                }
-                inner.watches.set_functions(None)
-            }
-        }
+        inner.watch_functions.set_functions(
+            &inner.install,
+            functions,
+            |on| inner.set_watch_trampolines(on),
+            |set| inner.watches.set_functions(set),
+        )
     }
 
     /// As [`set_watch_functions`](Self::set_watch_functions), for timeouts
@@ -1158,32 +1048,12 @@ impl Source for Connection {
         functions: Option<Box<dyn TimeoutFunctions>>,
     ) -> Result<(), SetFunctionsError<dyn TimeoutFunctions>> {
         let inner = &self.owner.inner;
-        if callout::inside() {
-            return Err(SetFunctionsError::new(crate::Error::Reentrant, functions));
-        }
-        let _install = inner.install.lock();
-        let installed = inner.timeout_functions.load(Ordering::Acquire);
-        match functions {
-            Some(set) => {
-                if !installed && !inner.install_timeout_trampolines() {
-                    return Err(SetFunctionsError::new(out_of_memory(), Some(set)));
-                }
-                inner.timeout_functions.store(true, Ordering::Release);
-                let outcome = inner.timeouts.set_functions(Some(set));
-                if outcome.is_err() && !installed {
-                    inner.timeout_functions.store(false, Ordering::Release);
-                    inner.uninstall_timeout_trampolines();
-                }
-                outcome
-            }
-            None => {
-                if installed {
-                    inner.timeout_functions.store(false, Ordering::Release);
-                    inner.uninstall_timeout_trampolines();
-                }
-                inner.timeouts.set_functions(None)
-            }
-        }
+        inner.timeout_functions.set_functions(
+            &inner.install,
+            functions,
+            |on| inner.set_timeout_trampolines(on),
+            |set| inner.timeouts.set_functions(set),
+        )
     }
 
     /// Installs the glue's wakeup function. libdbus's wakeup (a message queued, or output
@@ -1279,7 +1149,7 @@ impl fmt::Debug for Connection {
             .field("ptr", &inner.ptr())
             .field("watches", &inner.watches.len())
             .field("timeouts", &inner.timeouts.len())
-            .field("installed", &inner.watch_functions.load(Ordering::Relaxed))
+            .field("installed", &inner.watch_functions.is_on())
             .finish_non_exhaustive()
     }
 }

@@ -50,6 +50,7 @@ pub mod ffi;
 mod gate;
 mod relay;
 mod server;
+mod trampoline;
 
 #[cfg(feature = "dbus-rs")]
 pub use channel_source::ChannelSource;

@@ -2,7 +2,6 @@
 
 use std::ffi::{CStr, CString};
 use std::fmt;
-use std::io;
 use std::os::raw::c_void;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
@@ -19,6 +18,10 @@ use super::error::{new_error, Error};
 use super::ffi;
 use super::gate::Gate;
 use super::relay::{self, Relay, Slots};
+use super::trampoline::{
+    add_timeout, add_watch, interval_of, remove_timeout, remove_watch, toggle_timeout,
+    toggle_watch, Installation, Mirror,
+};
 use crate::{
     SetFunctionsError, Source, SourceData, Timeout, TimeoutFunctions, TimeoutList, Watch,
     WatchFlags, WatchFunctions, WatchList,
@@ -78,8 +81,8 @@ struct Inner {
     relay: AtomicPtr<Relay<Inner>>,
     on_connection: Mutex<Option<NewConnectionFn>>,
     install: Mutex<()>,
-    watch_functions: AtomicBool,
-    timeout_functions: AtomicBool,
+    watch_functions: Installation,
+    timeout_functions: Installation,
     /// Watches paused after `dbus_watch_handle` ran out of memory.
     paused: Mutex<Vec<Arc<ServerWatch>>>,
     retry: Timeout,
@@ -197,8 +200,8 @@ impl Server {
                 relay: AtomicPtr::new(std::ptr::null_mut()),
                 on_connection: Mutex::new(None),
                 install: Mutex::new(()),
-                watch_functions: AtomicBool::new(false),
-                timeout_functions: AtomicBool::new(false),
+                watch_functions: Installation::default(),
+                timeout_functions: Installation::default(),
                 paused: Mutex::new(Vec::new()),
                 retry,
                 backoff: Backoff::new(),
@@ -396,9 +399,62 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// `watch` is live and being added.
+    fn set_watch_trampolines(&self, on: bool) -> bool {
+        let (add, remove, toggle, data): (
+            ffi::AddWatchFunction,
+            ffi::WatchFunction,
+            ffi::WatchFunction,
+            _,
+        ) = if on {
+            (
+                Some(add_watch::<Inner>),
+                Some(remove_watch::<Inner>),
+                Some(toggle_watch::<Inner>),
+                self.data_ptr(),
+            )
+        } else {
+            (None, None, None, std::ptr::null_mut())
+        };
+        // SAFETY: a live server; the data is this Inner, valid until the functions are
+        // uninstalled (the owner does so before letting it go).
+        let taken = unsafe {
+            ffi::dbus_server_set_watch_functions(self.ptr(), add, remove, toggle, data, None)
+        };
+        taken != 0
+    }
+
+    fn set_timeout_trampolines(&self, on: bool) -> bool {
+        let (add, remove, toggle, data): (
+            ffi::AddTimeoutFunction,
+            ffi::TimeoutFunction,
+            ffi::TimeoutFunction,
+            _,
+        ) = if on {
+            (
+                Some(add_timeout::<Inner>),
+                Some(remove_timeout::<Inner>),
+                Some(toggle_timeout::<Inner>),
+                self.data_ptr(),
+            )
+        } else {
+            (None, None, None, std::ptr::null_mut())
+        };
+        // SAFETY: as `set_watch_trampolines`.
+        let taken = unsafe {
+            ffi::dbus_server_set_timeout_functions(self.ptr(), add, remove, toggle, data, None)
+        };
+        taken != 0
+    }
+}
+
+/// A server calls these with its lock released.
+impl Mirror for Inner {
+    const LOCKED: bool = false;
+
+    fn panics(&self) -> &PanicSlot {
+        &self.panics
+    }
+
     unsafe fn watch_added(&self, watch: *mut ffi::DBusWatch) -> ffi::dbus_bool_t {
         // SAFETY: libdbus passes a live watch.
         let (fd, flags, enabled) = unsafe {
@@ -441,9 +497,6 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// `watch` is live, its data set by this bridge.
     unsafe fn watch_removed(&self, watch: *mut ffi::DBusWatch) {
         // SAFETY: the caller's contract.
         if let Some(state) = unsafe { server_watch(watch) } {
@@ -453,9 +506,6 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// As [`watch_removed`](Self::watch_removed).
     unsafe fn watch_toggled(&self, watch: *mut ffi::DBusWatch) {
         // SAFETY: the caller's contract.
         if let Some(state) = unsafe { server_watch(watch) } {
@@ -468,18 +518,14 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// `timeout` is live and being added.
     unsafe fn timeout_added(&self, timeout: *mut ffi::DBusTimeout) -> ffi::dbus_bool_t {
         // SAFETY: libdbus passes a live timeout.
-        let (ms, enabled) = unsafe {
+        let (interval, enabled) = unsafe {
             (
-                sys::dbus_timeout_get_interval(timeout),
+                interval_of(timeout),
                 sys::dbus_timeout_get_enabled(timeout) != 0,
             )
         };
-        let interval = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         let gate = Arc::new(Gate::new());
         let me = self.me.clone();
         let weak = Arc::downgrade(&gate);
@@ -510,9 +556,6 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// `timeout` is live, its data set by this bridge.
     unsafe fn timeout_removed(&self, timeout: *mut ffi::DBusTimeout) {
         // SAFETY: the caller's contract.
         if let Some(object) = unsafe { timeout_gate(timeout) }.and_then(|gate| gate.close()) {
@@ -520,75 +563,20 @@ impl Inner {
         }
     }
 
-    /// # Safety
-    ///
-    /// As [`timeout_removed`](Self::timeout_removed).
     unsafe fn timeout_toggled(&self, timeout: *mut ffi::DBusTimeout) {
         // SAFETY: the caller's contract.
         if let Some(object) = unsafe { timeout_gate(timeout) }.and_then(|gate| gate.object()) {
             // SAFETY: a live timeout.
-            let (enabled, ms) = unsafe {
+            let (enabled, interval) = unsafe {
                 (
                     sys::dbus_timeout_get_enabled(timeout) != 0,
-                    sys::dbus_timeout_get_interval(timeout),
+                    interval_of(timeout),
                 )
             };
-            let interval = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
             if enabled && interval != object.interval() {
                 let _ = self.timeouts.restart(&object, interval);
             } else {
                 let _ = self.timeouts.toggle(&object, enabled);
-            }
-        }
-    }
-
-    fn set_watch_trampolines(&self, on: bool) -> bool {
-        // SAFETY: a live server; the data is this Inner, valid until the functions are
-        // uninstalled (the owner does so before letting it go).
-        unsafe {
-            if on {
-                ffi::dbus_server_set_watch_functions(
-                    self.ptr(),
-                    Some(add_watch),
-                    Some(remove_watch),
-                    Some(toggle_watch),
-                    self.data_ptr(),
-                    None,
-                ) != 0
-            } else {
-                ffi::dbus_server_set_watch_functions(
-                    self.ptr(),
-                    None,
-                    None,
-                    None,
-                    std::ptr::null_mut(),
-                    None,
-                ) != 0
-            }
-        }
-    }
-
-    fn set_timeout_trampolines(&self, on: bool) -> bool {
-        // SAFETY: as `set_watch_trampolines`.
-        unsafe {
-            if on {
-                ffi::dbus_server_set_timeout_functions(
-                    self.ptr(),
-                    Some(add_timeout),
-                    Some(remove_timeout),
-                    Some(toggle_timeout),
-                    self.data_ptr(),
-                    None,
-                ) != 0
-            } else {
-                ffi::dbus_server_set_timeout_functions(
-                    self.ptr(),
-                    None,
-                    None,
-                    None,
-                    std::ptr::null_mut(),
-                    None,
-                ) != 0
             }
         }
     }
@@ -626,63 +614,8 @@ extern "C" fn free_timeout(data: *mut c_void) {
 
 // ---- trampolines -------------------------------------------------------------------------------
 //
-// SAFETY (all): `data` is the `Inner` installed with the function, valid until the function is
-// uninstalled. A server calls its watch and timeout functions with its lock released, so the
-// call-outs are not marked as locked: the glue may call into the bridge from them.
-
-unsafe extern "C" fn add_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) -> u32 {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live watch.
-    inner
-        .panics
-        .unlocked(0, || unsafe { inner.watch_added(watch) })
-}
-
-unsafe extern "C" fn remove_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live watch.
-    inner
-        .panics
-        .unlocked((), || unsafe { inner.watch_removed(watch) });
-}
-
-unsafe extern "C" fn toggle_watch(watch: *mut ffi::DBusWatch, data: *mut c_void) {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live watch.
-    inner
-        .panics
-        .unlocked((), || unsafe { inner.watch_toggled(watch) });
-}
-
-unsafe extern "C" fn add_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) -> u32 {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live timeout.
-    inner
-        .panics
-        .unlocked(0, || unsafe { inner.timeout_added(timeout) })
-}
-
-unsafe extern "C" fn remove_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live timeout.
-    inner
-        .panics
-        .unlocked((), || unsafe { inner.timeout_removed(timeout) });
-}
-
-unsafe extern "C" fn toggle_timeout(timeout: *mut ffi::DBusTimeout, data: *mut c_void) {
-    // SAFETY: see above.
-    let inner = unsafe { &*data.cast::<Inner>() };
-    // SAFETY: libdbus passes a live timeout.
-    inner
-        .panics
-        .unlocked((), || unsafe { inner.timeout_toggled(timeout) });
-}
+// Watches and timeouts: `trampoline` (a server calls them with its lock released, so the
+// call-outs are not marked as locked: the glue may call into the bridge from them).
 
 unsafe extern "C" fn new_connection(
     _server: *mut ffi::DBusServer,
@@ -707,13 +640,6 @@ unsafe extern "C" fn new_connection(
 
 // ---- the Source ----------------------------------------------------------------------------
 
-fn out_of_memory() -> crate::Error {
-    crate::Error::Refused(io::Error::new(
-        io::ErrorKind::OutOfMemory,
-        "libdbus could not install the server's functions",
-    ))
-}
-
 impl Source for Server {
     fn data(&self) -> &SourceData {
         &self.owner.inner.data
@@ -726,32 +652,12 @@ impl Source for Server {
         functions: Option<Box<dyn WatchFunctions>>,
     ) -> Result<(), SetFunctionsError<dyn WatchFunctions>> {
         let inner = &self.owner.inner;
-        if callout::inside() {
-            return Err(SetFunctionsError::new(crate::Error::Reentrant, functions));
-        }
-        let _install = inner.install.lock();
-        let installed = inner.watch_functions.load(Ordering::Acquire);
-        match functions {
-            Some(set) => {
-                if !installed && !inner.set_watch_trampolines(true) {
-                    return Err(SetFunctionsError::new(out_of_memory(), Some(set)));
-                }
-                inner.watch_functions.store(true, Ordering::Release);
-                let outcome = inner.watches.set_functions(Some(set));
-                if outcome.is_err() && !installed {
-                    inner.watch_functions.store(false, Ordering::Release);
-                    inner.set_watch_trampolines(false);
-                }
-                outcome
-            }
-            None => {
-                if installed {
-                    inner.watch_functions.store(false, Ordering::Release);
-                    inner.set_watch_trampolines(false);
-                }
-                inner.watches.set_functions(None)
-            }
-        }
+        inner.watch_functions.set_functions(
+            &inner.install,
+            functions,
+            |on| inner.set_watch_trampolines(on),
+            |set| inner.watches.set_functions(set),
+        )
     }
 
     /// As [`set_watch_functions`](Self::set_watch_functions), for timeouts
@@ -762,32 +668,12 @@ impl Source for Server {
         functions: Option<Box<dyn TimeoutFunctions>>,
     ) -> Result<(), SetFunctionsError<dyn TimeoutFunctions>> {
         let inner = &self.owner.inner;
-        if callout::inside() {
-            return Err(SetFunctionsError::new(crate::Error::Reentrant, functions));
-        }
-        let _install = inner.install.lock();
-        let installed = inner.timeout_functions.load(Ordering::Acquire);
-        match functions {
-            Some(set) => {
-                if !installed && !inner.set_timeout_trampolines(true) {
-                    return Err(SetFunctionsError::new(out_of_memory(), Some(set)));
-                }
-                inner.timeout_functions.store(true, Ordering::Release);
-                let outcome = inner.timeouts.set_functions(Some(set));
-                if outcome.is_err() && !installed {
-                    inner.timeout_functions.store(false, Ordering::Release);
-                    inner.set_timeout_trampolines(false);
-                }
-                outcome
-            }
-            None => {
-                if installed {
-                    inner.timeout_functions.store(false, Ordering::Release);
-                    inner.set_timeout_trampolines(false);
-                }
-                inner.timeouts.set_functions(None)
-            }
-        }
+        inner.timeout_functions.set_functions(
+            &inner.install,
+            functions,
+            |on| inner.set_timeout_trampolines(on),
+            |set| inner.timeouts.set_functions(set),
+        )
     }
 }
 
@@ -800,12 +686,12 @@ impl Drop for Owner {
         }
         {
             let _install = inner.install.lock();
-            if inner.watch_functions.swap(false, Ordering::AcqRel) {
-                inner.set_watch_trampolines(false);
-            }
-            if inner.timeout_functions.swap(false, Ordering::AcqRel) {
-                inner.set_timeout_trampolines(false);
-            }
+            inner
+                .watch_functions
+                .turn_off(|on| inner.set_watch_trampolines(on));
+            inner
+                .timeout_functions
+                .turn_off(|on| inner.set_timeout_trampolines(on));
         }
         let relay = inner.relay.load(Ordering::Acquire);
         if !relay.is_null() {
