@@ -20,8 +20,8 @@ use super::ffi;
 use super::gate::Gate;
 use super::relay::{self, Relay, Slots};
 use super::trampoline::{
-    add_timeout, add_watch, interval_of, remove_timeout, remove_watch, toggle_timeout,
-    toggle_watch, Installation, Mirror,
+    add_timeout, add_watch, follow_timeout, remove_timeout, remove_watch, timeout_state,
+    toggle_timeout, toggle_watch, watch_state, Installation, Mirror,
 };
 use crate::{
     DispatchStatus, DispatchStatusFn, SetFunctionsError, Source, SourceData, Timeout,
@@ -800,14 +800,7 @@ impl Mirror for Inner {
 
     unsafe fn watch_added(&self, watch: *mut ffi::DBusWatch) -> ffi::dbus_bool_t {
         // SAFETY: libdbus passes a live watch.
-        let (fd, flags, enabled) = unsafe {
-            (
-                sys::dbus_watch_get_unix_fd(watch),
-                sys::dbus_watch_get_flags(watch),
-                sys::dbus_watch_get_enabled(watch) != 0,
-            )
-        };
-        let flags = WatchFlags::from_bits_truncate(flags as u8) & WatchFlags::INTEREST;
+        let (fd, flags, enabled) = unsafe { watch_state(watch) };
         let mirror = Arc::new(MirroredWatch {
             gate: Gate::new(),
             wanted: AtomicBool::new(enabled),
@@ -872,12 +865,7 @@ impl Mirror for Inner {
 
     unsafe fn timeout_added(&self, timeout: *mut ffi::DBusTimeout) -> ffi::dbus_bool_t {
         // SAFETY: libdbus passes a live timeout.
-        let (interval, enabled) = unsafe {
-            (
-                interval_of(timeout),
-                sys::dbus_timeout_get_enabled(timeout) != 0,
-            )
-        };
+        let (interval, enabled) = unsafe { timeout_state(timeout) };
         let gate = Arc::new(Gate::new());
         let me = self.me.clone();
         let weak_gate = Arc::downgrade(&gate);
@@ -923,19 +911,7 @@ impl Mirror for Inner {
             return;
         };
         // SAFETY: a live timeout.
-        let (enabled, interval) = unsafe {
-            (
-                sys::dbus_timeout_get_enabled(timeout) != 0,
-                interval_of(timeout),
-            )
-        };
-        if enabled && interval != object.interval() {
-            // libdbus changes an interval by disabling and re-enabling the timeout: the new
-            // period starts now, with the new interval (C9, C10).
-            let _ = self.timeouts.restart(&object, interval);
-        } else {
-            let _ = self.timeouts.toggle(&object, enabled);
-        }
+        unsafe { follow_timeout(&self.timeouts, &object, timeout) };
     }
 }
 

@@ -5,6 +5,7 @@
 //! are the same, and live here once.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::os::raw::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use parking_lot::Mutex;
 
 use super::callout::{self, PanicSlot};
 use super::ffi::{self, DBusTimeout, DBusWatch};
-use crate::SetFunctionsError;
+use crate::{SetFunctionsError, Timeout, TimeoutList, WatchFlags};
 
 /// What a bridge does when libdbus adds, removes or toggles one of its watches or timeouts.
 /// The generic trampolines below receive `data` as a pointer to the implementing type.
@@ -125,15 +126,64 @@ pub(super) unsafe extern "C" fn toggle_timeout<M: Mirror>(
     mirror.call_out((), || unsafe { mirror.timeout_toggled(timeout) });
 }
 
-/// A `DBusTimeout`'s interval (libdbus keeps milliseconds in an `int`).
+/// What a `Watch` mirroring `watch` starts with: its fd, the flags a glue may watch for, and
+/// whether libdbus has it enabled.
+///
+/// # Safety
+///
+/// `watch` is live.
+pub(super) unsafe fn watch_state(watch: *mut DBusWatch) -> (RawFd, WatchFlags, bool) {
+    // SAFETY: the caller's contract.
+    let (fd, flags, enabled) = unsafe {
+        (
+            sys::dbus_watch_get_unix_fd(watch),
+            sys::dbus_watch_get_flags(watch),
+            sys::dbus_watch_get_enabled(watch) != 0,
+        )
+    };
+    let flags = WatchFlags::from_bits_truncate(flags as u8) & WatchFlags::INTEREST;
+    (fd, flags, enabled)
+}
+
+/// What a `Timeout` mirroring `timeout` starts with: its interval (libdbus keeps milliseconds
+/// in an `int`) and whether libdbus has it enabled.
 ///
 /// # Safety
 ///
 /// `timeout` is live.
-pub(super) unsafe fn interval_of(timeout: *mut DBusTimeout) -> Duration {
+pub(super) unsafe fn timeout_state(timeout: *mut DBusTimeout) -> (Duration, bool) {
     // SAFETY: the caller's contract.
-    let ms = unsafe { sys::dbus_timeout_get_interval(timeout) };
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    let (ms, enabled) = unsafe {
+        (
+            sys::dbus_timeout_get_interval(timeout),
+            sys::dbus_timeout_get_enabled(timeout) != 0,
+        )
+    };
+    (
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+        enabled,
+    )
+}
+
+/// libdbus toggled `timeout`: `object`, its mirror in `list`, follows. libdbus changes an
+/// interval by disabling and re-enabling the timeout, so a new interval on enable restarts
+/// the period with it (C9, C10).
+///
+/// # Safety
+///
+/// `timeout` is live.
+pub(super) unsafe fn follow_timeout(
+    list: &TimeoutList,
+    object: &Timeout,
+    timeout: *mut DBusTimeout,
+) {
+    // SAFETY: the caller's contract.
+    let (interval, enabled) = unsafe { timeout_state(timeout) };
+    if enabled && interval != object.interval() {
+        let _ = list.restart(object, interval);
+    } else {
+        let _ = list.toggle(object, enabled);
+    }
 }
 
 /// Whether a bridge's trampolines for one kind of object (watches or timeouts) are installed
