@@ -636,6 +636,8 @@ fn due_timeouts_survive_a_panicking_watch_handler(backend: Backend) {
     watches.add(&watch).unwrap();
     timeouts.add(&timeout).unwrap();
     std::io::Write::write_all(&mut &y, b"x").unwrap();
+    // Not synchronisation with another thread: real time must pass for the timeout to fall
+    // due in the same round as the ready watch, and MainLoop has no virtual clock.
     std::thread::sleep(interval + Duration::from_millis(5));
     let round = panic::catch_unwind(AssertUnwindSafe(|| {
         main_loop.run_once(Some(Duration::ZERO))

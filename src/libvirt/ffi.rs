@@ -9,6 +9,10 @@
 
 use std::ffi::{c_int, c_void};
 
+// SAFETY (for whoever calls one of the three callback types below): libvirt's callbacks
+// are `unsafe` because they dereference `opaque`. Call one only with the `opaque` libvirt
+// registered with it, and only until its free callback has run (`HandleTable` runs the free
+// function after the last callback, C4/C15).
 /// `virEventHandleCallback`.
 pub(crate) type HandleCallback =
     unsafe extern "C" fn(watch: c_int, fd: c_int, events: c_int, opaque: *mut c_void);

@@ -142,6 +142,7 @@ pub fn is_registered() -> bool {
     REGISTERED.get().is_some()
 }
 
+// SAFETY: touches neither argument; `unsafe` only because `TimeoutCallback` is.
 unsafe extern "C" fn probe_callback(_timer: c_int, _opaque: *mut c_void) {}
 
 /// libvirt's `opaque`, carried to the loop's thread.
