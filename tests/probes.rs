@@ -27,6 +27,7 @@ const WORKERS: u64 = 4;
 const WORKER_OPS: usize = 3_000;
 const REPLACERS: u64 = 2;
 const REPLACEMENTS: usize = 200;
+const ANCHORS: usize = 16;
 
 /// Glue data stored by every add (accepted or not); stores and drops are counted.
 struct Tag(Arc<AtomicUsize>);
@@ -193,6 +194,15 @@ fn sets_replaced_from_two_threads_while_four_others_use_the_list() {
     let list = Arc::new(WatchList::new());
     let pool: Arc<Mutex<Vec<Watch>>> = Arc::default();
     let replacer_panics = Arc::new(AtomicUsize::new(0));
+    // Watches the workers never touch: a set that panics at its k-th add (k <= ANCHORS) meets
+    // its panic whatever the workers have done by then. Without them, on a loaded machine the
+    // replacers could run while the list was nearly empty and meet no panic at all.
+    let anchors: Vec<Watch> = (0..ANCHORS)
+        .map(|fd| Watch::new(fd as i32, WatchFlags::READABLE, |_| {}))
+        .collect();
+    for anchor in &anchors {
+        list.add(anchor).unwrap();
+    }
 
     let mut threads = Vec::new();
     for seed in 0..WORKERS {
@@ -271,7 +281,8 @@ fn sets_replaced_from_two_threads_while_four_others_use_the_list() {
         t.join().expect("no thread panics but on purpose");
     }
 
-    let objects = pool.lock().unwrap().clone();
+    let mut objects = pool.lock().unwrap().clone();
+    objects.extend(anchors.iter().cloned());
     let installed = check(&record.lock().unwrap(), &objects, &list);
     {
         let record = record.lock().unwrap();
