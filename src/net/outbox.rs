@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::unix::net::UnixStream;
 
+use self::nosignal::{send_bytes, send_two};
 use super::frame::{header, HEADER_LEN};
 
 /// Consecutive small frames are copied into a buffer of this size and written with one call;
@@ -206,7 +207,8 @@ pub(crate) fn send_frame(stream: &UnixStream, payload: &[u8]) -> io::Result<usiz
     }
 }
 
-/// Writes `bytes` without raising `SIGPIPE` on a closed peer, where the platform allows it.
+/// System calls that write without raising `SIGPIPE` on a closed peer (`MSG_NOSIGNAL`),
+/// where the platform has the flag.
 #[cfg(any(
     target_os = "linux",
     target_os = "android",
@@ -217,14 +219,33 @@ pub(crate) fn send_frame(stream: &UnixStream, payload: &[u8]) -> io::Result<usiz
     target_os = "fuchsia",
     target_os = "haiku"
 ))]
-fn send_bytes(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
-    use nix::sys::socket::{send, MsgFlags};
+mod nosignal {
+    use std::io::{self, IoSlice};
     use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
 
-    send(stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
+    use nix::sys::socket::{send, sendmsg, MsgFlags, UnixAddr};
+
+    /// Writes `bytes`.
+    pub(super) fn send_bytes(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
+        send(stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
+    }
+
+    /// Writes two slices with one call.
+    pub(super) fn send_two(stream: &UnixStream, first: &[u8], second: &[u8]) -> io::Result<usize> {
+        let slices = [IoSlice::new(first), IoSlice::new(second)];
+        sendmsg::<UnixAddr>(
+            stream.as_raw_fd(),
+            &slices,
+            &[],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(io::Error::from)
+    }
 }
 
-/// Elsewhere a plain write: Rust programs ignore `SIGPIPE` unless told otherwise.
+/// Elsewhere plain writes: Rust programs ignore `SIGPIPE` unless told otherwise.
 #[cfg(not(any(
     target_os = "linux",
     target_os = "android",
@@ -235,53 +256,19 @@ fn send_bytes(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
     target_os = "fuchsia",
     target_os = "haiku"
 )))]
-fn send_bytes(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
-    use std::io::Write;
+mod nosignal {
+    use std::io::{self, IoSlice, Write};
+    use std::os::unix::net::UnixStream;
 
-    (&*stream).write(bytes)
-}
+    /// Writes `bytes`.
+    pub(super) fn send_bytes(stream: &UnixStream, bytes: &[u8]) -> io::Result<usize> {
+        (&*stream).write(bytes)
+    }
 
-/// Writes two slices with one call, without `SIGPIPE` (see [`send_bytes`]).
-#[cfg(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "dragonfly",
-    target_os = "netbsd",
-    target_os = "openbsd",
-    target_os = "fuchsia",
-    target_os = "haiku"
-))]
-fn send_two(stream: &UnixStream, first: &[u8], second: &[u8]) -> io::Result<usize> {
-    use nix::sys::socket::{sendmsg, MsgFlags, UnixAddr};
-    use std::io::IoSlice;
-    use std::os::fd::AsRawFd;
-
-    let slices = [IoSlice::new(first), IoSlice::new(second)];
-    sendmsg::<UnixAddr>(
-        stream.as_raw_fd(),
-        &slices,
-        &[],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(io::Error::from)
-}
-
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "dragonfly",
-    target_os = "netbsd",
-    target_os = "openbsd",
-    target_os = "fuchsia",
-    target_os = "haiku"
-)))]
-fn send_two(stream: &UnixStream, first: &[u8], second: &[u8]) -> io::Result<usize> {
-    use std::io::{IoSlice, Write};
-
-    (&*stream).write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
+    /// Writes two slices with one call.
+    pub(super) fn send_two(stream: &UnixStream, first: &[u8], second: &[u8]) -> io::Result<usize> {
+        (&*stream).write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
+    }
 }
 
 #[cfg(test)]
