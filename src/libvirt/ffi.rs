@@ -9,16 +9,15 @@
 
 use std::ffi::{c_int, c_void};
 
-// SAFETY (for whoever calls one of the three callback types below): libvirt's callbacks
-// are `unsafe` because they dereference `opaque`. Call one only with the `opaque` libvirt
-// registered with it, and only until its free callback has run (`HandleTable` runs the free
-// function after the last callback, C4/C15).
-/// `virEventHandleCallback`.
+// libvirt's three callback types are `unsafe` because they dereference `opaque`.
+/// `virEventHandleCallback`. Called only with the `opaque` libvirt registered with it, and
+/// only until its free callback has run (`HandleTable` frees after the last callback,
+/// C4/C15): the SAFETY condition of every call.
 pub(crate) type HandleCallback =
     unsafe extern "C" fn(watch: c_int, fd: c_int, events: c_int, opaque: *mut c_void);
-/// `virEventTimeoutCallback`.
+/// `virEventTimeoutCallback`. SAFETY for callers: as for `HandleCallback`.
 pub(crate) type TimeoutCallback = unsafe extern "C" fn(timer: c_int, opaque: *mut c_void);
-/// `virFreeCallback`.
+/// `virFreeCallback`. SAFETY for callers: once, with the `opaque` it was registered with.
 pub(crate) type FreeCallback = unsafe extern "C" fn(opaque: *mut c_void);
 
 /// `virEventAddHandleFunc`.
