@@ -82,6 +82,40 @@ impl Registrar for Host {
 
 fn nop(_: WatchFlags) {}
 
+/// A socket with one readable watch, in a list and registered with a fresh registry.
+struct Registered {
+    /// Kept open for the test's length, so the fd stays this socket's.
+    _pair: (UnixStream, UnixStream),
+    fd: RawFd,
+    list: WatchList,
+    w: Watch,
+    reg: FdRegistry,
+    host: Host,
+    token: Token,
+}
+
+impl Registered {
+    fn new() -> Registered {
+        let pair = UnixStream::pair().unwrap();
+        let fd = pair.0.as_raw_fd();
+        let list = WatchList::new();
+        let w = Watch::new(fd, WatchFlags::READABLE, nop);
+        list.add(&w).unwrap();
+        let (mut reg, mut host) = (FdRegistry::new(), Host::default());
+        reg.add(&w, &mut host).unwrap();
+        let token = reg.token_of(fd).unwrap();
+        Registered {
+            _pair: pair,
+            fd,
+            list,
+            w,
+            reg,
+            host,
+            token,
+        }
+    }
+}
+
 #[test]
 fn c18_watches_of_one_fd_share_one_registration_that_follows_enabled_state() {
     let _fds = fds_shared();
@@ -200,14 +234,15 @@ fn watches_removed_behind_the_glues_back_are_dropped_not_polled() {
     let _fds = fds_shared();
     // A wrapper glue whose `remove` panicked never passed the call on (issue 7.5): the
     // registry finds out from the watch itself, and from what `handle` answers.
-    let (a, _b) = UnixStream::pair().unwrap();
-    let fd = a.as_raw_fd();
-    let list = WatchList::new();
-    let w = Watch::new(fd, WatchFlags::READABLE, nop);
-    list.add(&w).unwrap();
-    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
-    reg.add(&w, &mut host).unwrap();
-    let token = reg.token_of(fd).unwrap();
+    let Registered {
+        _pair,
+        fd,
+        list,
+        w,
+        mut reg,
+        mut host,
+        token,
+    } = Registered::new();
     list.remove(&w).unwrap(); // the registry is not told
     let mut out = Vec::new();
     assert_eq!(
@@ -356,14 +391,15 @@ fn c8_a_refused_or_closed_fd_is_not_tracked() {
 #[test]
 fn a_closed_fd_is_dropped_once_and_never_registered_again() {
     let _fds = fds_shared();
-    let (a, _b) = UnixStream::pair().unwrap();
-    let fd = a.as_raw_fd();
-    let list = WatchList::new();
-    let w = Watch::new(fd, WatchFlags::READABLE, nop);
-    list.add(&w).unwrap();
-    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
-    reg.add(&w, &mut host).unwrap();
-    let token = reg.token_of(fd).unwrap();
+    let Registered {
+        _pair,
+        fd,
+        list,
+        w,
+        mut reg,
+        mut host,
+        token,
+    } = Registered::new();
     reg.closed(token, &mut host);
     reg.closed(token, &mut host);
     assert_eq!(reg.dropped(), 1);
@@ -1118,14 +1154,15 @@ fn c17_an_edge_triggered_glue_built_on_the_toolkit_never_stalls() {
 fn a_registration_the_host_refuses_later_stops_polling_until_removed() {
     let _fds = fds_shared();
     // calloop applies registrations on its own thread and learns of EEXIST only then.
-    let (a, _b) = UnixStream::pair().unwrap();
-    let fd = a.as_raw_fd();
-    let list = WatchList::new();
-    let w = Watch::new(fd, WatchFlags::READABLE, nop);
-    list.add(&w).unwrap();
-    let (mut reg, mut host) = (FdRegistry::new(), Host::default());
-    reg.add(&w, &mut host).unwrap();
-    let token = reg.token_of(fd).unwrap();
+    let Registered {
+        _pair,
+        fd,
+        list,
+        w,
+        mut reg,
+        mut host,
+        token,
+    } = Registered::new();
     reg.refused(
         token,
         io::Error::from(io::ErrorKind::AlreadyExists),
